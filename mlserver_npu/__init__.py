@@ -1,0 +1,6 @@
+"""mlserver-npu: serve ONNX and TFLite models on NPUs through MLServer."""
+from .runtime import NPURuntime
+
+__version__ = "0.1.0"
+
+__all__ = ["NPURuntime", "__version__"]

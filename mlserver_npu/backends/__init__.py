@@ -1,0 +1,24 @@
+"""Backends by name. Each module is imported only when a model asks for it, so a missing
+optional runtime (LiteRT, FuriosaAI) fails only the models that need it."""
+import importlib
+
+from .base import Backend, BackendError, InvalidInput, Session, TensorSpec
+
+# backend name -> (module, class)
+BACKENDS = {
+    "onnxruntime": ("mlserver_npu.backends.onnxruntime", "OnnxRuntimeBackend"),
+}
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
+    module_name, class_name = BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # vendor SDKs raise more than ImportError without a driver
+        raise BackendError(f"backend '{name}' is not usable here: {error}") from error
+    return getattr(module, class_name)()
+
+
+__all__ = ["Backend", "BackendError", "InvalidInput", "Session", "TensorSpec", "get_backend"]

@@ -1,0 +1,58 @@
+"""The small interface every backend implements: tensor specs in, a session out.
+
+A backend turns (model file, device, options) into one `Session`; the pool holds many of them
+and the runtime never sees which backend it is talking to.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, numpy dtype, shape with None for dynamic dims."""
+
+    name: str
+    dtype: np.dtype
+    shape: Sequence[Optional[int]]
+
+    @property
+    def v2_shape(self) -> List[int]:
+        return [-1 if dim is None else dim for dim in self.shape]
+
+
+class BackendError(Exception):
+    """A backend could not open a session; the message says why, for the load error."""
+
+
+class InvalidInput(BackendError):
+    """The device refused a request's tensors (e.g. inconsistent batch sizes): a client error."""
+
+
+class Session(Protocol):
+    """One loaded copy of the model on one device."""
+
+    device: str
+    inputs: List[TensorSpec]
+    outputs: List[TensorSpec]
+
+    async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run one batch without blocking the event loop; return every output by name."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+class Backend(Protocol):
+    """A device family. `Options` validates `parameters.extra.options` (extra keys refused)."""
+
+    Options: type
+
+    def available_devices(self) -> List[str]:
+        ...
+
+    async def open(self, model_path: Path, device: Optional[str], options: Any) -> Session:
+        ...

@@ -1,0 +1,194 @@
+"""ONNX Runtime: `device` strings map to execution providers, `options` to SessionOptions."""
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field
+
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from .base import BackendError, InvalidInput, TensorSpec
+
+logger = logging.getLogger("mlserver_npu")
+
+CPU = "CPUExecutionProvider"
+
+# device name -> (execution provider, provider option that receives the ":arg" part)
+DEVICES: Dict[str, Tuple[str, Optional[str]]] = {
+    "cpu": (CPU, None),
+    "cuda": ("CUDAExecutionProvider", "device_id"),
+    "tensorrt": ("TensorrtExecutionProvider", "device_id"),
+    "openvino": ("OpenVINOExecutionProvider", "device_type"),
+    "qnn": ("QNNExecutionProvider", None),
+    "vitisai": ("VitisAIExecutionProvider", None),
+    "coreml": ("CoreMLExecutionProvider", None),
+    "dml": ("DmlExecutionProvider", "device_id"),
+    "rocm": ("ROCMExecutionProvider", "device_id"),
+    "migraphx": ("MIGraphXExecutionProvider", "device_id"),
+    "cann": ("CANNExecutionProvider", "device_id"),
+    "dnnl": ("DnnlExecutionProvider", None),
+    "xnnpack": ("XnnpackExecutionProvider", None),
+    "nnapi": ("NnapiExecutionProvider", None),
+}
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": np.object_,
+}
+
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class Options(BaseModel):
+    """`parameters.extra.options` for the onnxruntime backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intra_op_threads: Optional[int] = Field(None, ge=0, description="0 = ORT's default")
+    inter_op_threads: Optional[int] = Field(None, ge=0)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    # Idle ORT threads spin by default and steal the event loop's CPU on small machines.
+    allow_spinning: bool = False
+    provider_options: Dict[str, Any] = Field(default_factory=dict)
+    fallback_to_cpu: bool = False
+    session_config: Dict[str, str] = Field(
+        default_factory=dict, description="raw SessionOptions.add_session_config_entry pairs"
+    )
+
+
+def available_devices() -> List[str]:
+    available = set(ort.get_available_providers())
+    return [name for name, (provider, _) in DEVICES.items() if provider in available]
+
+
+def parse_device(device: Optional[str]) -> Tuple[str, Dict[str, Any]]:
+    """`cuda:1` -> ("CUDAExecutionProvider", {"device_id": 1})."""
+    name, _, arg = (device or "cpu").strip().partition(":")
+    name = name.lower()
+    if name not in DEVICES:
+        raise BackendError(
+            f"unknown onnxruntime device '{device}'; known devices: {', '.join(DEVICES)}"
+        )
+    provider, arg_option = DEVICES[name]
+    if not arg:
+        return provider, {}
+    if arg_option is None:
+        raise BackendError(f"device '{name}' takes no ':{arg}' suffix")
+    if arg_option == "device_id":
+        if not arg.isdigit():
+            raise BackendError(f"device '{device}': expected '{name}:N' with N a device index")
+        return provider, {arg_option: int(arg)}
+    return provider, {arg_option: arg}
+
+
+def _session_options(options: Options) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    if options.intra_op_threads is not None:
+        so.intra_op_num_threads = options.intra_op_threads
+    if options.inter_op_threads is not None:
+        so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = _OPTIMIZATION[options.graph_optimization_level]
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if options.execution_mode == "parallel"
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    spinning = "1" if options.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    for key, value in options.session_config.items():
+        so.add_session_config_entry(key, value)
+    return so
+
+
+def _specs(args: List[Any]) -> List[TensorSpec]:
+    return [
+        TensorSpec(
+            name=arg.name,
+            dtype=np.dtype(_DTYPES.get(arg.type, np.object_)),
+            shape=[dim if isinstance(dim, int) and dim >= 0 else None for dim in arg.shape],
+        )
+        for arg in args
+    ]
+
+
+class OnnxRuntimeSession:
+    def __init__(self, session: ort.InferenceSession, device: str):
+        self._session = session
+        self.device = device
+        self.inputs = _specs(session.get_inputs())
+        self.outputs = _specs(session.get_outputs())
+        self._output_names = [spec.name for spec in self.outputs]
+
+    async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        # ORT releases the GIL while it computes, so a thread keeps the event loop free.
+        try:
+            results = await asyncio.to_thread(
+                self._session.run, self._output_names, dict(feeds)
+            )
+        except InvalidArgument as error:
+            raise InvalidInput(str(error)) from error
+        return dict(zip(self._output_names, results))
+
+    async def close(self) -> None:
+        self._session = None
+
+
+def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRuntimeSession:
+    provider, device_options = parse_device(device)
+    available = ort.get_available_providers()
+    label = device or "cpu"
+    if provider not in available:
+        message = (
+            f"device '{label}' needs {provider}, which this onnxruntime build does not have; "
+            f"available providers: {', '.join(available)} "
+            f"(devices: {', '.join(available_devices())})"
+        )
+        if not options.fallback_to_cpu:
+            raise BackendError(message)
+        logger.warning("%s; falling back to cpu (options.fallback_to_cpu)", message)
+        provider, device_options, label = CPU, {}, "cpu"
+
+    providers: List[Any] = [(provider, {**device_options, **options.provider_options})]
+    if provider != CPU:
+        providers.append(CPU)
+    try:
+        session = ort.InferenceSession(
+            str(model_path), sess_options=_session_options(options), providers=providers
+        )
+    except Exception as error:  # ORT raises its own exception types for bad files
+        raise BackendError(f"onnxruntime cannot open '{model_path.name}': {error}") from error
+    return OnnxRuntimeSession(session, label)
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    Options = Options
+
+    def available_devices(self) -> List[str]:
+        return available_devices()
+
+    async def open(
+        self, model_path: Path, device: Optional[str], options: Options
+    ) -> OnnxRuntimeSession:
+        return await asyncio.to_thread(_open, model_path, device, options)

@@ -1,0 +1,48 @@
+"""Distribution `mlserver-npu`: an MLServer runtime for ONNX and TFLite models on NPUs."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "mlserver_npu" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="mlserver-npu",
+    version=VERSION,
+    description="Serve ONNX and TFLite models on NPUs with MLServer (V2 REST and gRPC)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mlserver_npu", "mlserver_npu.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        "mlserver>=1.7.1,<1.8",
+        # uvloop 0.22 kills MLServer's worker processes at start (SeldonIO/MLServer#2286).
+        "uvloop<0.22",
+        "onnxruntime>=1.17",
+        "numpy>=1.24",
+        "pydantic>=2.0,<3",
+        "pydantic-settings>=2.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "tritonclient[http,grpc]>=2.40",
+            "onnx>=1.15",
+            "scikit-learn>=1.3",
+            "skl2onnx>=1.16",
+            "httpx>=0.27",
+        ],
+        "tflite": ["ai-edge-litert>=1.0"],
+        "furiosa": ["furiosa-runtime>=0.10"],
+    },
+    entry_points={"console_scripts": ["mlserver-npu=mlserver_npu.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)
