@@ -62,7 +62,7 @@ class NPURuntime(MLModel):
             return NPUSettings.model_validate(extra)
         except ValidationError as error:
             raise ModelLoadError(
-                self.name, describe_validation_error(error, "parameters.extra")
+                self.name, describe_validation_error(error, "parameters.extra", NPUSettings)
             ) from None
 
     async def _open_pool(self) -> SessionPool:
@@ -74,7 +74,9 @@ class NPURuntime(MLModel):
             options = backend.Options.model_validate(config.options)
         except ValidationError as error:
             raise ModelLoadError(
-                self.name, describe_validation_error(error, "parameters.extra.options")
+                self.name, describe_validation_error(
+                    error, "parameters.extra.options", backend.Options
+                )
             ) from None
         opened = await asyncio.gather(
             *(

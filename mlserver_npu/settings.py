@@ -4,7 +4,7 @@ MLServer drops unknown top-level keys silently; under `extra` we refuse them by 
 typo (`"session": 2`) fails the load instead of being ignored.
 """
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Type, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -53,13 +53,17 @@ class NPUSettings(BaseModel):
         return BACKEND_BY_SUFFIX.get(model_path.suffix.lower(), "onnxruntime")
 
 
-def describe_validation_error(error: ValidationError, prefix: str) -> str:
-    """One line per problem, naming the key as the user wrote it (`parameters.extra.X`)."""
+def describe_validation_error(
+    error: ValidationError, prefix: str, model: Optional[Type[BaseModel]] = None
+) -> str:
+    """One clause per problem, naming the key as the user wrote it (`parameters.extra.X`)."""
     problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in (prefix, *item["loc"]))
         if item["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{where}'")
+            top_level = model is not None and len(item["loc"]) == 1
+            known = f" (known keys: {', '.join(model.model_fields)})" if top_level else ""
+            problems.append(f"unknown key '{where}'{known}")
         else:
             problems.append(f"'{where}': {item['msg']}")
     return "; ".join(problems)
