@@ -1,13 +1,17 @@
 """The example repository served by a real `mlserver start`: health, metadata, inference over
 REST (plain HTTP and tritonclient.http) and gRPC (tritonclient.grpc), outputs checked against
 onnxruntime run directly on the same input."""
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
 import reference
 from reference import EXAMPLE_MODELS, sample_inputs, v2_input
-from server import grpc_calls
+from server import REPO, grpc_calls
 
 EXPECTED_METADATA = {
     "digits": (
@@ -172,3 +176,25 @@ def test_single_input_model_accepts_any_input_name(server):
     assert response.status_code == 200, response.text
     label = {o["name"]: o for o in response.json()["outputs"]}["label"]["data"]
     assert label == reference.run("digits", feeds)["label"].tolist()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_readme_example_client_prints_the_served_labels(server, protocol):
+    url = server.url.removeprefix("http://") if protocol == "http" else server.grpc_target
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "infer_digits.py"),
+         "--protocol", protocol, "--url", url, "--count", "6"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    predicted = [int(line.split()[3]) for line in completed.stdout.splitlines()]
+    assert predicted == reference.run("digits", sample_inputs("digits", 6))["label"].tolist()
+
+
+def test_readme_curl_body_is_served(server):
+    body = json.loads((REPO / "examples" / "digit.json").read_text())
+    response = server.http.post("/v2/models/digits/infer", json=body)
+    assert response.status_code == 200, response.text
+    pixels = np.array(body["inputs"][0]["data"], np.float32).reshape(1, 64)
+    label = {o["name"]: o for o in response.json()["outputs"]}["label"]["data"]
+    assert label == reference.run("digits", {"input": pixels})["label"].tolist()
