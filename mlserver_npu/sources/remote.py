@@ -47,11 +47,11 @@ def _file_name(uri: str) -> str:
 
 async def fetch(uri: str, pin: Optional[str], settings: SourceSettings) -> ModelSource:
     try:
-        urlsplit(uri)
+        path = urlsplit(uri).path
     except ValueError as error:
         raise SourceError(f"invalid URI: {error}") from None
     shown = redact_uri(uri)
-    if urlsplit(uri).path.endswith("/"):
+    if path.endswith("/"):
         raise SourceError(
             f"{shown} names a folder, which cannot be listed remotely: point the uri at the "
             "model file, or at a .tar.gz or .zip archive of the folder"
