@@ -25,6 +25,11 @@ setup(
         "numpy>=1.24",
         "pydantic>=2.0,<3",
         "pydantic-settings>=2.0",
+        # remote model URIs (mlserver_npu.sources)
+        "httpx>=0.27",
+        "aiofiles>=23.1",
+        "boto3>=1.28.57",  # AWS_ENDPOINT_URL support
+        "filelock>=3.13",
     ],
     extras_require={
         "test": [
@@ -34,6 +39,7 @@ setup(
             "scikit-learn>=1.3",
             "skl2onnx>=1.16",
             "httpx>=0.27",
+            "moto[server]>=5.0",
         ],
         "tflite": ["ai-edge-litert>=1.0"],
         "furiosa": ["furiosa-runtime>=0.10"],

@@ -20,10 +20,10 @@ from .backends import BackendError, InvalidInput, TensorSpec, get_backend
 from .errors import ModelLoadError
 from .pool import SessionPool
 from .settings import NPUSettings, describe_validation_error
-from .sources import SourceError, resolve_model_path
+from .sources import SourceError, resolve_model
 from .tensors import datatype_of, decode_inputs, encode_output, requested_outputs
 
-logger = logging.getLogger("mlserver_npu")
+logger = logging.getLogger("mlserver.npu")
 
 
 def _metadata(specs: List[TensorSpec]) -> List[MetadataTensor]:
@@ -52,7 +52,8 @@ class NPURuntime(MLModel):
         if not self.settings.outputs:
             self.outputs = _metadata(self._pool.outputs)
         logger.info(
-            "Model '%s': %s on %s", self.name, self._model_path.name, ", ".join(self._pool.devices)
+            "Model '%s': %s (sha256 %s) on %s",
+            self.name, self._model_path.name, self._sha256, ", ".join(self._pool.devices),
         )
         return True
 
@@ -67,7 +68,8 @@ class NPURuntime(MLModel):
 
     async def _open_pool(self) -> SessionPool:
         config = self._parse_settings()
-        self._model_path = resolve_model_path(self.settings)
+        source = await resolve_model(self.settings, config.sha256)
+        self._model_path, self._sha256 = source.path, source.sha256
         self._backend = config.backend_for(self._model_path)
         backend = get_backend(self._backend)
         try:
@@ -120,6 +122,7 @@ class NPURuntime(MLModel):
             parameters = metadata.parameters or Parameters()
             parameters.backend = self._backend  # type: ignore[attr-defined]
             parameters.devices = ",".join(self._pool.devices)  # type: ignore[attr-defined]
+            parameters.sha256 = self._sha256  # type: ignore[attr-defined]
             metadata.parameters = parameters
         return metadata
 

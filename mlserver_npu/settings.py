@@ -1,12 +1,15 @@
-"""The `parameters.extra` contract of a model-settings.json, as a pydantic model.
+"""The `parameters.extra` contract of a model-settings.json, as a pydantic model, and the
+process-wide `MLSERVER_NPU_*` environment settings.
 
 MLServer drops unknown top-level keys silently; under `extra` we refuse them by name, so a
 typo (`"session": 2`) fails the load instead of being ignored.
 """
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Type, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["onnxruntime", "tflite", "furiosa"]
 
@@ -67,3 +70,39 @@ def describe_validation_error(
         else:
             problems.append(f"'{where}': {item['msg']}")
     return "; ".join(problems)
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlserver-npu"
+
+
+class SourceSettings(BaseSettings):
+    """How remote models are fetched and cached, from `MLSERVER_NPU_*` environment variables
+    (read at each load, so one server process shares one cache between its models)."""
+
+    model_config = SettingsConfigDict(env_prefix="MLSERVER_NPU_", extra="ignore")
+
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    download_timeout: float = Field(
+        60.0, gt=0, description="seconds to connect, or without a byte received, before a retry"
+    )
+    download_retries: int = Field(3, ge=0, description="retries after a transient failure")
+    download_backoff: float = Field(
+        1.0, ge=0, description="seconds before the first retry, doubled for each next one"
+    )
+    max_download_size: ByteSize = Field(
+        ByteSize(16 * 2**30), gt=0, description="per download and per unpacked archive"
+    )
+    progress_interval: float = Field(10.0, gt=0, description="seconds between progress logs")
+
+    @classmethod
+    def from_env(cls) -> "SourceSettings":
+        """Like `SourceSettings()`, but a bad value is a ValueError naming the variable."""
+        try:
+            return cls()
+        except ValidationError as error:
+            problems = [
+                f"{cls.model_config['env_prefix']}{str(item['loc'][0]).upper()}: {item['msg']}"
+                for item in error.errors()
+            ]
+            raise ValueError("; ".join(problems)) from None

@@ -12,7 +12,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from .base import BackendError, InvalidInput, TensorSpec
 
-logger = logging.getLogger("mlserver_npu")
+logger = logging.getLogger("mlserver.npu")
 
 CPU = "CPUExecutionProvider"
 

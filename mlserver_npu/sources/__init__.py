@@ -1,0 +1,49 @@
+"""`parameters.uri` -> a local model file: local paths and file://, http(s):// and s3:// with
+a verified download cache. `resolve_model` is the only entry point the runtime needs."""
+import asyncio
+from pathlib import Path
+from typing import Optional
+
+from mlserver.settings import ModelSettings
+from mlserver.utils import to_absolute_path
+
+from ..settings import SourceSettings
+from .base import DigestMismatch, ModelSource, SourceError
+from .local import file_sha256, find_model_file
+from .remote import SCHEMES, fetch
+
+__all__ = ["ModelSource", "SourceError", "resolve_model"]
+
+
+async def resolve_model(
+    settings: ModelSettings, sha256: Optional[str] = None, sources: Optional[SourceSettings] = None
+) -> ModelSource:
+    """The model file `parameters.uri` names, checked against the `sha256` pin if given.
+
+    Without a `uri`, the folder of model-settings.json is searched; relative paths resolve
+    against it. `sources` defaults to the MLSERVER_NPU_* environment.
+    """
+    uri = (settings.parameters.uri if settings.parameters else None) or "."
+    pin = sha256.lower() if sha256 else None
+    if "://" not in uri or uri.startswith("file://"):
+        return await _local(settings, uri.removeprefix("file://"), pin)
+    scheme = uri.partition("://")[0].lower()
+    if scheme not in SCHEMES:
+        raise SourceError(
+            f"unsupported URI scheme '{scheme}://' (supported: local paths, file://, "
+            + ", ".join(f"{s}://" for s in SCHEMES)
+            + ")"
+        )
+    try:
+        sources = sources or SourceSettings.from_env()
+    except ValueError as error:
+        raise SourceError(str(error)) from None
+    return await fetch(uri, pin, sources)
+
+
+async def _local(settings: ModelSettings, uri: str, pin: Optional[str]) -> ModelSource:
+    path = find_model_file(Path(to_absolute_path(settings, uri)))
+    digest = await asyncio.to_thread(file_sha256, path)
+    if pin and digest != pin:
+        raise DigestMismatch(f"'{path}'", pin, digest)
+    return ModelSource(path, digest, "local")

@@ -1,0 +1,40 @@
+"""Files on this machine: finding the model file in a folder, and its digest."""
+import hashlib
+from pathlib import Path
+
+from .base import SourceError
+
+WELL_KNOWN_FILES = ["model.onnx", "model.tflite"]
+MODEL_SUFFIXES = {".onnx", ".tflite"}
+BLOCK = 1 << 20
+
+
+def find_model_file(path: Path, where: str = "") -> Path:
+    """A file as it is; in a folder, a well-known file name, else the folder's only model file
+    (e.g. `resnet.onnx` next to its `resnet.onnx.data`)."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise SourceError(f"model file '{path}' does not exist")
+    for name in WELL_KNOWN_FILES:
+        if (path / name).is_file():
+            return path / name
+    candidates = sorted(
+        p.name for p in path.iterdir() if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()
+    )
+    if len(candidates) == 1:
+        return path / candidates[0]
+    where = where or f"folder '{path}'"
+    message = f"{where} holds none of {', '.join(WELL_KNOWN_FILES)}"
+    if candidates:
+        message += f" and several model files ({', '.join(candidates)}): name one in the uri"
+    raise SourceError(message)
+
+
+def file_sha256(path: Path) -> str:
+    """Blocking: run it in a thread."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
