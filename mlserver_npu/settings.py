@@ -4,9 +4,13 @@ MLServer drops unknown top-level keys silently; under `extra` we refuse them by 
 typo (`"session": 2`) fails the load instead of being ignored.
 """
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .processing.classification import ClassificationSettings
+from .processing.preprocess import PreprocessOps
 
 Backend = Literal["onnxruntime", "tflite", "furiosa"]
 
@@ -30,8 +34,10 @@ class NPUSettings(BaseModel):
         default_factory=dict, description="Backend options, validated by the backend."
     )
     sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
-    preprocess: Optional[Union[str, List[Any]]] = None
-    postprocess: Optional[Dict[str, Any]] = None
+    preprocess: Optional[PreprocessOps] = Field(
+        None, description="Image preprocessing: a preset name or a list of ops."
+    )
+    postprocess: Optional[ClassificationSettings] = None
 
     @field_validator("device")
     @classmethod
@@ -53,6 +59,15 @@ class NPUSettings(BaseModel):
         return BACKEND_BY_SUFFIX.get(model_path.suffix.lower(), "onnxruntime")
 
 
+class NPUEnvironment(BaseSettings):
+    """Server-wide settings from `MLSERVER_NPU_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="MLSERVER_NPU_", extra="ignore")
+
+    # Pillow's own default: decoding more pixels than this is refused (decompression bombs).
+    max_image_pixels: int = Field(89_478_485, ge=1)
+
+
 def describe_validation_error(error: ValidationError, prefix: str) -> str:
     """One line per problem, naming the key as the user wrote it (`parameters.extra.X`)."""
     problems = []
@@ -60,6 +75,8 @@ def describe_validation_error(error: ValidationError, prefix: str) -> str:
         where = ".".join(str(part) for part in (prefix, *item["loc"]))
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown key '{where}'")
+        elif item["type"] == "value_error":  # our own validators: no "Value error, " prefix
+            problems.append(f"'{where}': {item['ctx']['error']}")
         else:
             problems.append(f"'{where}': {item['msg']}")
     return "; ".join(problems)
