@@ -9,7 +9,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from mlserver.codecs.numpy import to_datatype
 from mlserver.errors import InferenceError
-from mlserver.types import Datatype, MetadataTensor, RequestInput, RequestOutput, ResponseOutput
+from mlserver.types import (
+    Datatype,
+    MetadataTensor,
+    Parameters,
+    RequestInput,
+    RequestOutput,
+    ResponseOutput,
+)
 
 from .backends import TensorSpec
 
@@ -17,6 +24,10 @@ from .backends import TensorSpec
 def datatype_of(dtype: np.dtype) -> str:
     """numpy dtype -> V2 datatype name (FP32, INT64, BYTES, ...)."""
     return to_datatype(np.dtype(dtype)).value
+
+
+def content_type_of(parameters: Optional[Parameters]) -> Optional[str]:
+    return parameters.content_type if parameters else None
 
 
 def metadata_of(spec: TensorSpec) -> MetadataTensor:

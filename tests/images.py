@@ -13,7 +13,14 @@ from PIL import Image, ImageOps
 from server import REPO
 
 sys.path.insert(0, str(REPO / "examples"))
-import make_models  # noqa: E402  (the digits split and how digits are drawn as images)
+import make_models  # noqa: E402
+
+# The digits model's held-out split, and its images as make_models.py draws them.
+digits_split = make_models.digits_split
+
+
+def digit_file(pixels: np.ndarray, fmt: str) -> bytes:
+    return make_models.encode(make_models.digit_image(pixels), fmt)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -9,7 +9,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import onnx
 import pytest
 import tritonclient.http as httpclient
 from onnx import TensorProto, helper
@@ -114,10 +113,10 @@ def _array(output, dtype=np.float32):
 
 @pytest.fixture(scope="module")
 def held_out():
-    _, x_test, _, y_test = images.make_models.digits_split()
+    _, x_test, _, y_test = images.digits_split()
     measured = np.mean(reference.run("digits", {"input": x_test.astype(np.float32)})["label"] == y_test)
     files = {
-        fmt: [images.make_models.encode(images.make_models.digit_image(x), fmt) for x in x_test]
+        fmt: [images.digit_file(x, fmt) for x in x_test]
         for fmt in ("PNG", "JPEG")
     }
     return files, y_test, measured

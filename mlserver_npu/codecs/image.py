@@ -160,6 +160,12 @@ def to_png(image: Union[Image.Image, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+def _tensor(kind: type, name: str, data: List[Any]) -> Any:
+    """A RequestInput or ResponseOutput of shape [N] tagged with the image content type."""
+    parameters = Parameters(content_type=CONTENT_TYPE)
+    return kind(name=name, datatype="BYTES", shape=[len(data)], data=data, parameters=parameters)
+
+
 def _encoded(payload: Sequence[Any]) -> List[bytes]:
     return [item if isinstance(item, bytes) else to_png(item) for item in payload]
 
@@ -179,13 +185,7 @@ class ImageCodec(InputCodec):
     def encode_output(cls, name: str, payload: Any, **kwargs: Any) -> ResponseOutput:
         """Images (Pillow images, or arrays with the batch on axis 0) as base64 PNG files."""
         encoded = [base64.b64encode(png) for png in _encoded(list(payload))]
-        return ResponseOutput(
-            name=name,
-            datatype="BYTES",
-            shape=[len(encoded)],
-            data=encoded,
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return _tensor(ResponseOutput, name, encoded)
 
     @classmethod
     def decode_output(cls, response_output: ResponseOutput) -> List[Image.Image]:
@@ -201,13 +201,7 @@ class ImageCodec(InputCodec):
         """Files (bytes), Pillow images or arrays; raw bytes for gRPC, base64 for REST."""
         files = _encoded(list(payload))
         data = files if use_bytes else [base64.b64encode(f).decode("ascii") for f in files]
-        return RequestInput(
-            name=name,
-            datatype="BYTES",
-            shape=[len(data)],
-            data=data,
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return _tensor(RequestInput, name, data)
 
     @classmethod
     def decode_input(cls, request_input: RequestInput) -> List[Image.Image]:

@@ -11,12 +11,8 @@ from mlserver.types import MetadataTensor, Parameters, RequestInput
 from ..backends import TensorSpec
 from ..codecs.image import CONTENT_TYPE as IMAGE, decode_images
 from ..errors import ConfigurationError
-from ..tensors import decode_input, decode_inputs, metadata_of
+from ..tensors import content_type_of, decode_input, decode_inputs, metadata_of
 from .preprocess import PreprocessError, Preprocessor
-
-
-def _content_type(parameters: Optional[Parameters]) -> Optional[str]:
-    return parameters.content_type if parameters else None
 
 
 class InputDecoder:
@@ -44,7 +40,7 @@ class InputDecoder:
         if preprocess is not None and not fitting:
             raise next(iter(self._preprocessors.values()))
         declared_images = {
-            m.name for m in declared or () if _content_type(m.parameters) == IMAGE
+            m.name for m in declared or () if content_type_of(m.parameters) == IMAGE
         }
         # Inputs where a BYTES tensor without a content type is taken as images.
         self._images = declared_images or (set(fitting) if preprocess is not None else set())
@@ -64,7 +60,7 @@ class InputDecoder:
         ]
 
     def _is_image(self, request_input: RequestInput, spec: TensorSpec) -> bool:
-        content_type = _content_type(request_input.parameters)
+        content_type = content_type_of(request_input.parameters)
         if content_type is not None:
             return content_type == IMAGE
         return request_input.datatype == "BYTES" and spec.name in self._images

@@ -10,11 +10,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from mlserver.errors import InferenceError
-from mlserver.types import MetadataTensor, Parameters, RequestOutput, ResponseOutput
+from mlserver.types import MetadataTensor, RequestOutput, ResponseOutput
 
 from ..backends import TensorSpec
 from ..codecs.image import CONTENT_TYPE as IMAGE, ImageCodec
-from ..tensors import encode_output, metadata_of, requested_outputs
+from ..tensors import content_type_of, encode_output, metadata_of, requested_outputs
 from .classification import Classifier, classify
 
 
@@ -24,10 +24,6 @@ class Planned:
     source: str  # the model output it comes from
     top_k: Optional[int] = None  # classification strings when set
     image: bool = False
-
-
-def _content_type(parameters: Optional[Parameters]) -> Optional[str]:
-    return parameters.content_type if parameters else None
 
 
 def _class_count(request_output: RequestOutput) -> Optional[int]:
@@ -52,7 +48,7 @@ class OutputEncoder:
     ):
         self.specs = list(specs)
         self.classifier = classifier
-        self._images = {m.name for m in declared or () if _content_type(m.parameters) == IMAGE}
+        self._images = {m.name for m in declared or () if content_type_of(m.parameters) == IMAGE}
 
     def _strings_metadata(self, name: str, spec: TensorSpec) -> MetadataTensor:
         width = self.classifier.width
@@ -101,7 +97,7 @@ class OutputEncoder:
                 source = classifier.source
                 if count is None:
                     count = classifier.top_k
-            content_type = _content_type(request_output.parameters)
+            content_type = content_type_of(request_output.parameters)
             image = content_type == IMAGE or (content_type is None and name in self._images)
             if image and count:
                 raise InferenceError(
