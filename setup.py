@@ -25,6 +25,8 @@ setup(
         "numpy>=1.24",
         "pydantic>=2.0,<3",
         "pydantic-settings>=2.0",
+        # image codec and preprocessing (ImageOps.exif_transpose(in_place=...) is 9.4+)
+        "pillow>=9.4",
     ],
     extras_require={
         "test": [

@@ -275,11 +275,19 @@ def test_a_static_model_size_overrides_the_preset_size(live):
 
 
 def test_mnist_preset_equals_the_reference(live):
-    files = [encode(photo(64, 48, 12), "PNG"), encode(photo(28, 28, 13).convert("L"), "PNG")]
+    deep = np.random.default_rng(20).integers(0, 65536, (40, 30), dtype=np.uint16)
+    files = [
+        encode(photo(64, 48, 12), "PNG"),
+        encode(photo(28, 28, 13).convert("L"), "PNG"),
+        encode(Image.fromarray(deep), "PNG"),  # 16-bit grayscale
+    ]
     served = _served_tensor(live, "identity-mnist", files)
-    assert served.shape == (2, 1, 28, 28)
-    for index, data in enumerate(files):
+    assert served.shape == (3, 1, 28, 28)
+    for index, data in enumerate(files[:2]):
         np.testing.assert_allclose(served[index], images.mnist(data), atol=1e-4)
+    # 16 bits keep their high byte
+    high = Image.fromarray((deep >> 8).astype(np.uint8))
+    np.testing.assert_allclose(served[2], images.mnist(encode(high, "PNG")), atol=1e-4)
 
 
 def test_an_op_list_equals_the_reference(live):

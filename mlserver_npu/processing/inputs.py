@@ -77,7 +77,8 @@ class InputDecoder:
         try:
             return preprocessor(images)
         except PreprocessError as error:
-            raise InferenceError(f"input '{request_input.name}': {error}") from None
+            where = "" if error.index is None else f", batch index {error.index}"
+            raise InferenceError(f"input '{request_input.name}'{where}: {error}") from None
 
     async def decode(self, request_inputs: Sequence[RequestInput]) -> Dict[str, np.ndarray]:
         # Decoding images is CPU work that releases the GIL: keep it off the event loop.

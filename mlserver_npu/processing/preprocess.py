@@ -39,7 +39,12 @@ DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64")
 
 
 class PreprocessError(ValueError):
-    """The images of one request cannot become one tensor (e.g. they differ in size)."""
+    """The images of one request cannot become one tensor (e.g. they differ in size);
+    `index` is the batch index of the image at fault, when there is one."""
+
+    def __init__(self, message: str, index: Optional[int] = None):
+        super().__init__(message)
+        self.index = index
 
 
 def _hw(size: Size) -> Tuple[int, int]:
@@ -306,9 +311,15 @@ class Preprocessor:
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         arrays = []
-        for image in images:
+        for index, image in enumerate(images):
+            if image.mode.startswith("I;16"):
+                # 16-bit grayscale: keep the high byte (Pillow's convert would clip at 255)
+                image = Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
             if image.mode != self.mode:
-                image = image.convert(self.mode)
+                try:
+                    image = image.convert(self.mode)
+                except ValueError as error:
+                    raise PreprocessError(f"{error}", index) from None
             for op in self.geometry:
                 image = op.apply(image)
             arrays.append(np.asarray(image))
