@@ -30,6 +30,8 @@ setup(
         "aiofiles>=23.1",
         "boto3>=1.28.57",  # AWS_ENDPOINT_URL support
         "filelock>=3.13",
+        # image codec and preprocessing (ImageOps.exif_transpose(in_place=...) is 9.4+)
+        "pillow>=9.4",
     ],
     extras_require={
         "test": [

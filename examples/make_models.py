@@ -17,8 +17,14 @@ Models:
   inputs (``pixels``, ``temperature``) and two outputs.
 * ``squeezenet``: the SqueezeNet 1.0 architecture with seeded random
   weights, a compute-bound 224x224 model for batching and benchmarks.
+* ``digits-image``: the ``digits`` model behind an image input (encoded
+  PNG/JPEG in, top-3 ``score:index:label`` strings out), with sample images
+  under ``examples/images/``.
+* ``squeezenet-image``: the ``squeezenet`` model behind the ``imagenet``
+  preprocessing preset, with 1000 generated labels.
 """
 
+import io
 import json
 import os
 
@@ -26,6 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image, ImageDraw
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_digits
@@ -34,6 +41,7 @@ from sklearn.model_selection import train_test_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.join(ROOT, "model-repository")
+IMAGES = os.path.join(ROOT, "examples", "images")
 MIN_ACCURACY = 0.95
 
 
@@ -42,11 +50,11 @@ def _write(folder, name, text):
         f.write(text)
 
 
-def _settings(folder, extra):
+def _settings(folder, extra, uri="./model.onnx"):
     settings = {
         "name": folder,
         "implementation": "mlserver_npu.NPURuntime",
-        "parameters": {"uri": "./model.onnx", "version": "1", "extra": extra},
+        "parameters": {"uri": uri, "version": "1", "extra": extra},
     }
     _write(folder, "model-settings.json", json.dumps(settings, indent=2) + "\n")
 
@@ -72,12 +80,29 @@ def _report(path, note=""):
     print(f"{os.path.relpath(path, ROOT)}: {size} bytes{note}")
 
 
+def digits_split():
+    """(x_train, x_test, y_train, y_test) of scikit-learn's digits, as the model was made."""
+    x, y = load_digits(return_X_y=True)
+    return train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+
+
+def digit_image(pixels, scale=8):
+    """64 values 0..16 -> an 8x8 grayscale image (light digit on dark, as in the data),
+    enlarged `scale` times so that every digit pixel is a solid block."""
+    values = np.rint(np.asarray(pixels, np.float64).reshape(8, 8) * 255 / 16)
+    image = Image.fromarray(values.astype(np.uint8), mode="L")
+    return image.resize((8 * scale, 8 * scale), Image.Resampling.NEAREST)
+
+
+def encode(image, fmt):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
 def train_digits():
     """Fit the digits classifier; return it with the held-out split."""
-    x, y = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, random_state=0, stratify=y
-    )
+    x_train, x_test, y_train, y_test = digits_split()
     # C=0.01 was chosen by 5-fold cross-validation on the training split
     # (among 1, 0.1, 0.03, 0.01, 0.003); the test split is only measured.
     clf = LogisticRegression(C=0.01, max_iter=5000).fit(x_train, y_train)
@@ -298,11 +323,144 @@ Produced by `python examples/make_models.py`.
     return path
 
 
+# The digits model behind an image input: grayscale, 8x8 (box filter: the mean of each
+# block), pixel values 0..255 back to the 0..16 the model was trained on.
+DIGITS_PREPROCESS = [
+    {"op": "convert", "mode": "L"},
+    {"op": "resize", "size": [8, 8], "resample": "box"},
+    {"op": "scale", "factor": 16, "divisor": 255},
+]
+
+
+def _image_accuracy(session, x_test, y_test, fmt):
+    """Held-out accuracy of the digits rendered as files, preprocessed as DIGITS_PREPROCESS."""
+    rows = []
+    for pixels in x_test:
+        image = Image.open(io.BytesIO(encode(digit_image(pixels), fmt))).convert("L")
+        small = image.resize((8, 8), Image.Resampling.BOX)
+        rows.append(np.asarray(small, np.float32).reshape(64) * np.float32(16) / np.float32(255))
+    labels, _ = session.run(None, {"input": np.stack(rows)})
+    return float(np.mean(labels == y_test))
+
+
+def make_digits_image(x_test, y_test, digits_path):
+    os.makedirs(os.path.join(REPO, "digits-image"), exist_ok=True)
+    session = _session(digits_path)
+    accuracy = {fmt: _image_accuracy(session, x_test, y_test, fmt) for fmt in ("PNG", "JPEG")}
+    assert min(accuracy.values()) >= MIN_ACCURACY, accuracy
+
+    _settings(
+        "digits-image",
+        {
+            "options": {"intra_op_threads": 1},
+            "preprocess": DIGITS_PREPROCESS,
+            "postprocess": {
+                "type": "classification",
+                "top_k": 3,
+                "labels": "../digits/labels.txt",
+                "output": "probabilities",
+            },
+        },
+        uri="../digits/model.onnx",
+    )
+    # One sample per digit: the first of its class in the held-out split.
+    os.makedirs(IMAGES, exist_ok=True)
+    samples = []
+    for digit in range(10):
+        index = int(np.flatnonzero(y_test == digit)[0])
+        image = digit_image(x_test[index])
+        for fmt, suffix in (("PNG", "png"), ("JPEG", "jpg")):
+            with open(os.path.join(IMAGES, f"digit-{digit}.{suffix}"), "wb") as f:
+                f.write(encode(image, fmt))
+        samples.append(index)
+    _write("digits-image", "README.md", f"""\
+# digits-image
+
+The `digits` model (`../digits/model.onnx`, no copy) behind an image input:
+send a PNG or JPEG of a light digit on a dark background (as in the training
+data) and get the top 3 classes as `"score:index:label"` strings.
+
+| | name | type | shape |
+|---|---|---|---|
+| input | `input` | BYTES (`content_type: image`) | [N] |
+| output | `label` | INT64 | [N] |
+| output | `probabilities` | BYTES | [N, 3] |
+
+Preprocessing (`parameters.extra.preprocess`): grayscale, resize to 8x8 with
+a box filter (the mean of each block), scale 0..255 to 0..16, reshaped to the
+model's [N, 64]. Postprocessing: classification of `probabilities`, top 3,
+labels from `../digits/labels.txt`.
+
+Held-out accuracy (the 450 images of the `digits` split, rendered 64x64 as
+files and preprocessed as above): PNG **{accuracy["PNG"]:.4f}**, JPEG
+(quality 90) **{accuracy["JPEG"]:.4f}**; the `digits` model on the raw
+values: see `../digits/README.md`.
+
+`examples/images/digit-N.png` / `.jpg` are the first held-out image of each
+digit N.
+
+Produced by `python examples/make_models.py`.
+""")
+    print(f"model-repository/digits-image: PNG accuracy {accuracy['PNG']:.4f}, "
+          f"JPEG accuracy {accuracy['JPEG']:.4f}, samples {samples}")
+
+
+def make_squeezenet_image():
+    os.makedirs(os.path.join(REPO, "squeezenet-image"), exist_ok=True)
+    _write("squeezenet-image", "labels.txt", "".join(f"class_{i:03d}\n" for i in range(1000)))
+    _settings(
+        "squeezenet-image",
+        {
+            "options": {"intra_op_threads": 1},
+            "preprocess": "imagenet",
+            "postprocess": {"type": "classification", "top_k": 5, "labels": "labels.txt"},
+        },
+        uri="../squeezenet/model.onnx",
+    )
+    # A synthetic photo-sized JPEG: large enough that decoding uses Pillow's draft mode.
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:480, 0:640]
+    image = Image.fromarray(
+        np.stack([xs * 255 // 639, ys * 255 // 479, (xs + ys) * 255 // 1118], axis=-1)
+        .astype(np.uint8)
+    )
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = rng.integers(0, 560), rng.integers(0, 400)
+        w, h = rng.integers(30, 160, size=2)
+        color = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        draw.ellipse([int(x), int(y), int(x + w), int(y + h)], fill=color)
+    with open(os.path.join(IMAGES, "shapes.jpg"), "wb") as f:
+        f.write(encode(image, "JPEG"))
+    _write("squeezenet-image", "README.md", """\
+# squeezenet-image
+
+The `squeezenet` model (`../squeezenet/model.onnx`, no copy, random weights:
+the labels it returns are meaningless) behind the `imagenet` preprocessing
+preset: send any JPEG/PNG, get the top 5 of 1000 classes as
+`"score:index:label"` strings. `labels.txt` holds generated names
+`class_000` ... `class_999`.
+
+| | name | type | shape |
+|---|---|---|---|
+| input | `data_0` | BYTES (`content_type: image`) | [N] |
+| output | `softmaxout_1` | BYTES | [N, 5] |
+
+`imagenet` = RGB, resize the shorter side to 256, center crop 224, /255,
+normalize with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225),
+NCHW float32. `examples/images/shapes.jpg` is a 640x480 sample.
+
+Produced by `python examples/make_models.py`.
+""")
+
+
 def main():
     clf, x_test, y_test = train_digits()
     digits = make_digits(clf, x_test, y_test)
     make_digits_temperature(clf, x_test, digits)
     make_squeezenet()
+    make_digits_image(x_test, y_test, digits)
+    make_squeezenet_image()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ matching gRPC status); any other exception becomes a bare 500.
 from fastapi import status
 from mlserver.errors import InferenceError, MLServerError
 
-__all__ = ["InferenceError", "ModelLoadError"]
+__all__ = ["ConfigurationError", "InferenceError", "ModelLoadError"]
 
 
 class ModelLoadError(MLServerError):
@@ -18,3 +18,8 @@ class ModelLoadError(MLServerError):
             status.HTTP_400_BAD_REQUEST,
         )
         self.reason = reason
+
+
+class ConfigurationError(ValueError):
+    """A processing setting that does not fit the model (e.g. preprocessing that yields 3
+    channels for a 1-channel input); the runtime reports it as a `ModelLoadError`."""

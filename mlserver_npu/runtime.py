@@ -1,8 +1,10 @@
 """NPURuntime: MLServer's MLModel for ONNX/TFLite models on NPUs. Thin orchestration only:
-settings -> source -> backend sessions -> pool; request -> tensors -> pool -> response."""
+settings -> source -> backend sessions -> pool -> processing; request -> inputs (codecs,
+preprocessing) -> pool -> outputs (postprocessing, codecs) -> response."""
 import asyncio
 import logging
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Tuple
 
 import numpy as np
 from mlserver import MLModel
@@ -11,26 +13,21 @@ from mlserver.types import (
     InferenceRequest,
     InferenceResponse,
     MetadataModelResponse,
-    MetadataTensor,
     Parameters,
 )
+from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
 from .backends import BackendError, InvalidInput, TensorSpec, get_backend
-from .errors import ModelLoadError
+from .errors import ConfigurationError, ModelLoadError
 from .pool import SessionPool
-from .settings import NPUSettings, describe_validation_error
+from .processing.classification import Classifier
+from .processing.inputs import InputDecoder
+from .processing.outputs import OutputEncoder
+from .settings import NPUEnvironment, NPUSettings, describe_validation_error
 from .sources import SourceError, resolve_model
-from .tensors import datatype_of, decode_inputs, encode_output, requested_outputs
 
 logger = logging.getLogger("mlserver.npu")
-
-
-def _metadata(specs: List[TensorSpec]) -> List[MetadataTensor]:
-    return [
-        MetadataTensor(name=spec.name, datatype=datatype_of(spec.dtype), shape=spec.v2_shape)
-        for spec in specs
-    ]
 
 
 def _warmup_feeds(specs: List[TensorSpec]) -> Dict[str, np.ndarray]:
@@ -44,18 +41,40 @@ def _warmup_feeds(specs: List[TensorSpec]) -> Dict[str, np.ndarray]:
 class NPURuntime(MLModel):
     async def load(self) -> bool:
         try:
-            self._pool = await self._open_pool()
+            config = self._parse_settings()
+            self._pool = await self._open_pool(config)
         except (BackendError, SourceError) as error:
             raise ModelLoadError(self.name, str(error)) from error
+        try:
+            self._inputs, self._outputs = self._processing(config)
+        except ConfigurationError as error:
+            await self._pool.close()
+            raise ModelLoadError(self.name, str(error)) from error
         if not self.settings.inputs:
-            self.inputs = _metadata(self._pool.inputs)
+            self.inputs = self._inputs.metadata()
         if not self.settings.outputs:
-            self.outputs = _metadata(self._pool.outputs)
+            self.outputs = self._outputs.metadata()
         logger.info(
             "Model '%s': %s (sha256 %s) on %s",
             self.name, self._model_path.name, self._sha256, ", ".join(self._pool.devices),
         )
         return True
+
+    def _processing(self, config: NPUSettings) -> Tuple[InputDecoder, OutputEncoder]:
+        inputs = InputDecoder(
+            self._pool.inputs,
+            config.preprocess,
+            NPUEnvironment.from_env().max_image_pixels,
+            declared=self.settings.inputs,
+        )
+        classifier = None
+        if config.postprocess is not None:
+            classifier = Classifier.build(
+                config.postprocess,
+                self._pool.outputs,
+                lambda path: Path(to_absolute_path(self.settings, path)),
+            )
+        return inputs, OutputEncoder(self._pool.outputs, classifier, self.settings.outputs)
 
     def _parse_settings(self) -> NPUSettings:
         extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
@@ -66,8 +85,7 @@ class NPURuntime(MLModel):
                 self.name, describe_validation_error(error, "parameters.extra", NPUSettings)
             ) from None
 
-    async def _open_pool(self) -> SessionPool:
-        config = self._parse_settings()
+    async def _open_pool(self, config: NPUSettings) -> SessionPool:
         source = await resolve_model(self.settings, config.sha256)
         self._model_path, self._sha256 = source.path, source.sha256
         self._backend = config.backend_for(self._model_path)
@@ -104,8 +122,8 @@ class NPURuntime(MLModel):
         return pool
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        feeds = decode_inputs(payload.inputs, self._pool.inputs)
-        names = requested_outputs(payload.outputs, self._pool.outputs)
+        feeds = await self._inputs.decode(payload.inputs)
+        plan = self._outputs.plan(payload.outputs)
         try:
             results = await self._pool.run(feeds)
         except InvalidInput as error:
@@ -113,7 +131,7 @@ class NPURuntime(MLModel):
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
-            outputs=[encode_output(name, results[name]) for name in names],
+            outputs=self._outputs.encode(plan, results),
         )
 
     async def metadata(self) -> MetadataModelResponse:

@@ -6,10 +6,13 @@ typo (`"session": 2`) fails the load instead of being ignored.
 """
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Type, Union
+from typing import Any, Dict, List, Literal, Optional, Type
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .processing.classification import ClassificationSettings
+from .processing.preprocess import PreprocessOps
 
 Backend = Literal["onnxruntime", "tflite", "furiosa"]
 
@@ -33,8 +36,10 @@ class NPUSettings(BaseModel):
         default_factory=dict, description="Backend options, validated by the backend."
     )
     sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
-    preprocess: Optional[Union[str, List[Any]]] = None
-    postprocess: Optional[Dict[str, Any]] = None
+    preprocess: Optional[PreprocessOps] = Field(
+        None, description="Image preprocessing: a preset name or a list of ops."
+    )
+    postprocess: Optional[ClassificationSettings] = None
 
     @field_validator("device")
     @classmethod
@@ -67,6 +72,8 @@ def describe_validation_error(
             top_level = model is not None and len(item["loc"]) == 1
             known = f" (known keys: {', '.join(model.model_fields)})" if top_level else ""
             problems.append(f"unknown key '{where}'{known}")
+        elif item["type"] == "value_error":  # our own validators: no "Value error, " prefix
+            problems.append(f"'{where}': {item['ctx']['error']}")
         else:
             problems.append(f"'{where}': {item['msg']}")
     return "; ".join(problems)
@@ -76,11 +83,14 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlserver-npu"
 
 
-class SourceSettings(BaseSettings):
-    """How remote models are fetched and cached, from `MLSERVER_NPU_*` environment variables
-    (read at each load, so one server process shares one cache between its models)."""
+class NPUEnvironment(BaseSettings):
+    """Server-wide settings from `MLSERVER_NPU_*` environment variables, read at each load
+    (so one server process shares one cache between its models)."""
 
     model_config = SettingsConfigDict(env_prefix="MLSERVER_NPU_", extra="ignore")
+
+    # Pillow's own default: decoding more pixels than this is refused (decompression bombs).
+    max_image_pixels: int = Field(89_478_485, ge=1)
 
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     download_timeout: float = Field(
@@ -96,8 +106,8 @@ class SourceSettings(BaseSettings):
     progress_interval: float = Field(10.0, gt=0, description="seconds between progress logs")
 
     @classmethod
-    def from_env(cls) -> "SourceSettings":
-        """Like `SourceSettings()`, but a bad value is a ValueError naming the variable."""
+    def from_env(cls) -> "NPUEnvironment":
+        """Like `NPUEnvironment()`, but a bad value is a ValueError naming the variable."""
         try:
             return cls()
         except ValidationError as error:

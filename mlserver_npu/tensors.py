@@ -4,12 +4,19 @@ Every client mistake becomes an `InferenceError` (HTTP 400, gRPC INVALID_ARGUMEN
 message names the tensor and says what was expected.
 """
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from mlserver.codecs.numpy import to_datatype
 from mlserver.errors import InferenceError
-from mlserver.types import Datatype, RequestInput, RequestOutput, ResponseOutput
+from mlserver.types import (
+    Datatype,
+    MetadataTensor,
+    Parameters,
+    RequestInput,
+    RequestOutput,
+    ResponseOutput,
+)
 
 from .backends import TensorSpec
 
@@ -17,6 +24,14 @@ from .backends import TensorSpec
 def datatype_of(dtype: np.dtype) -> str:
     """numpy dtype -> V2 datatype name (FP32, INT64, BYTES, ...)."""
     return to_datatype(np.dtype(dtype)).value
+
+
+def content_type_of(parameters: Optional[Parameters]) -> Optional[str]:
+    return parameters.content_type if parameters else None
+
+
+def metadata_of(spec: TensorSpec) -> MetadataTensor:
+    return MetadataTensor(name=spec.name, datatype=datatype_of(spec.dtype), shape=spec.v2_shape)
 
 
 def _describe(spec: TensorSpec) -> str:
@@ -100,19 +115,27 @@ def check_batch(feeds: Dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> No
 
 
 def decode_inputs(
-    request_inputs: Sequence[RequestInput], specs: Sequence[TensorSpec]
+    request_inputs: Sequence[RequestInput],
+    specs: Sequence[TensorSpec],
+    decode: Callable[[RequestInput, TensorSpec], np.ndarray] = decode_input,
 ) -> Dict[str, np.ndarray]:
+    """Match, decode (`decode` may turn e.g. images into the tensor) and check the batch."""
     matched = match_inputs(request_inputs, specs)
-    feeds = {spec.name: decode_input(matched[spec.name], spec) for spec in specs}
+    feeds = {spec.name: decode(matched[spec.name], spec) for spec in specs}
     check_batch(feeds, specs)
     return feeds
 
 
 def requested_outputs(
-    request_outputs: Optional[Sequence[RequestOutput]], specs: Sequence[TensorSpec]
+    request_outputs: Optional[Sequence[RequestOutput]],
+    specs: Sequence[TensorSpec],
+    also: Sequence[str] = (),
 ) -> List[str]:
-    """The output names to return: the requested ones in request order, or all of them."""
-    known = [spec.name for spec in specs]
+    """The output names to return: the requested ones in request order, or all of them.
+
+    `also` names outputs that postprocessing adds to the model's own.
+    """
+    known = [spec.name for spec in specs] + list(also)
     if not request_outputs:
         return known
     for request_output in request_outputs:

@@ -30,7 +30,7 @@ from remote_stores import (
 )
 from server import MODEL_REPOSITORY, REPO, free_port
 
-from mlserver_npu.settings import SourceSettings
+from mlserver_npu.settings import NPUEnvironment
 from mlserver_npu.sources import SourceError, resolve_model
 
 
@@ -67,7 +67,7 @@ def cache(tmp_path):
 
 @pytest.fixture
 def settings(cache):
-    return SourceSettings(
+    return NPUEnvironment(
         cache_dir=cache, download_timeout=2, download_retries=2, download_backoff=0.01
     )
 
@@ -230,11 +230,11 @@ RESOLVE_IN_A_PROCESS = """
 import asyncio, logging, sys
 logging.basicConfig(level=logging.INFO)
 from mlserver.settings import ModelSettings
-from mlserver_npu.settings import SourceSettings
+from mlserver_npu.settings import NPUEnvironment
 from mlserver_npu.sources import resolve_model
 settings = ModelSettings(name="m", implementation="mlserver_npu.NPURuntime",
                          parameters={"uri": sys.argv[1]})
-source = asyncio.run(resolve_model(settings, None, SourceSettings(cache_dir=sys.argv[2])))
+source = asyncio.run(resolve_model(settings, None, NPUEnvironment(cache_dir=sys.argv[2])))
 print(source.how, source.sha256)
 """
 

@@ -7,7 +7,7 @@ from typing import Optional
 from mlserver.settings import ModelSettings
 from mlserver.utils import to_absolute_path
 
-from ..settings import SourceSettings
+from ..settings import NPUEnvironment
 from .base import DigestMismatch, ModelSource, SourceError
 from .local import file_sha256, find_model_file
 from .remote import SCHEMES, fetch
@@ -16,7 +16,7 @@ __all__ = ["ModelSource", "SourceError", "resolve_model"]
 
 
 async def resolve_model(
-    settings: ModelSettings, sha256: Optional[str] = None, sources: Optional[SourceSettings] = None
+    settings: ModelSettings, sha256: Optional[str] = None, sources: Optional[NPUEnvironment] = None
 ) -> ModelSource:
     """The model file `parameters.uri` names, checked against the `sha256` pin if given.
 
@@ -35,7 +35,7 @@ async def resolve_model(
             + ")"
         )
     try:
-        sources = sources or SourceSettings.from_env()
+        sources = sources or NPUEnvironment.from_env()
     except ValueError as error:
         raise SourceError(str(error)) from None
     return await fetch(uri, pin, sources)

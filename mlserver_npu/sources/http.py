@@ -4,7 +4,7 @@ from typing import Optional
 
 import httpx
 
-from ..settings import SourceSettings
+from ..settings import NPUEnvironment
 from .base import SourceError, TransientError
 from .transfer import Sink, Validators
 
@@ -20,7 +20,7 @@ def _status_error(response: httpx.Response) -> SourceError:
 
 
 async def download(
-    uri: str, cached: Optional[Validators], sink: Sink, settings: SourceSettings
+    uri: str, cached: Optional[Validators], sink: Sink, settings: NPUEnvironment
 ) -> Optional[Validators]:
     """Stream `uri` into `sink`. Returns the new version's validators, or None when the server
     says the `cached` version is still current (304)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from ..settings import SourceSettings
+from ..settings import NPUEnvironment
 from .archive import archive_kind, unpack
 from .base import DigestMismatch, ModelSource, SourceError, TransientError
 from .cache import Cache, Entry
@@ -24,7 +24,7 @@ logger = logging.getLogger("mlserver.npu")
 
 SCHEMES = ("http", "https", "s3")
 
-Download = Callable[[str, Optional[Validators], Sink, SourceSettings], Awaitable[Optional[Validators]]]
+Download = Callable[[str, Optional[Validators], Sink, NPUEnvironment], Awaitable[Optional[Validators]]]
 
 
 def _downloader(scheme: str) -> Download:
@@ -45,7 +45,7 @@ def _file_name(uri: str) -> str:
     return name or "model"
 
 
-async def fetch(uri: str, pin: Optional[str], settings: SourceSettings) -> ModelSource:
+async def fetch(uri: str, pin: Optional[str], settings: NPUEnvironment) -> ModelSource:
     try:
         path = urlsplit(uri).path
     except ValueError as error:
@@ -103,7 +103,7 @@ async def _download(
     cached: Optional[Validators],
     pin: Optional[str],
     staging: Path,
-    settings: SourceSettings,
+    settings: NPUEnvironment,
 ) -> Optional[Entry]:
     """Fetch `uri` into `staging`, check the pin, unpack an archive; None if `cached` is still
     current."""

@@ -18,7 +18,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from ..settings import SourceSettings
+from ..settings import NPUEnvironment
 from .base import SourceError, TransientError
 from .transfer import CHUNK, Sink, Validators
 
@@ -35,7 +35,7 @@ def parse_uri(uri: str) -> Tuple[str, str]:
     return parts.netloc, key
 
 
-def _client(settings: SourceSettings) -> Any:
+def _client(settings: NPUEnvironment) -> Any:
     # Retries are ours (with_retries), so that a body cut mid-stream is retried too.
     config = Config(
         connect_timeout=settings.download_timeout,
@@ -68,7 +68,7 @@ def _not_modified(error: ClientError) -> bool:
 
 
 async def download(
-    uri: str, cached: Optional[Validators], sink: Sink, settings: SourceSettings
+    uri: str, cached: Optional[Validators], sink: Sink, settings: NPUEnvironment
 ) -> Optional[Validators]:
     """Stream the object into `sink`. Returns its validators, or None when the `cached`
     version is still current (S3 answers a matching If-None-Match with 304)."""

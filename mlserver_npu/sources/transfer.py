@@ -10,7 +10,7 @@ from typing import Awaitable, Callable, Optional, TypeVar
 
 import aiofiles
 
-from ..settings import SourceSettings
+from ..settings import NPUEnvironment
 from .base import SourceError, TransientError
 from .redact import redact_uri
 
@@ -47,7 +47,7 @@ class Sink:
     Use as `async with Sink(...) as sink`; the file is truncated at each attempt.
     """
 
-    def __init__(self, path: Path, uri: str, settings: SourceSettings):
+    def __init__(self, path: Path, uri: str, settings: NPUEnvironment):
         self.path = path
         self.shown = redact_uri(uri)
         self.limit = int(settings.max_download_size)
@@ -122,7 +122,7 @@ class Sink:
         return human_size(self.size / max(now - self._started, 1e-6))
 
 
-async def with_retries(attempt: Callable[[], Awaitable[T]], uri: str, settings: SourceSettings) -> T:
+async def with_retries(attempt: Callable[[], Awaitable[T]], uri: str, settings: NPUEnvironment) -> T:
     """Run `attempt` until it succeeds, retrying a TransientError with exponential backoff."""
     attempts = settings.download_retries + 1
     for number in range(1, attempts + 1):

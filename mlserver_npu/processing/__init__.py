@@ -1,0 +1,1 @@
+"""Between the codecs and the sessions: image preprocessing in, classification out."""

@@ -1,0 +1,143 @@
+"""Classification postprocessing: class scores -> Triton's classification extension strings.
+
+Each batch row becomes its top K classes as `"score:index:label"` (`"score:index"` without a
+labels file), best first, in a BYTES tensor of shape [N, K].
+"""
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Literal, Optional, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..backends import TensorSpec
+from ..errors import ConfigurationError
+
+logger = logging.getLogger("mlserver_npu")
+
+
+class ClassificationSettings(BaseModel):
+    """`parameters.extra.postprocess` with `"type": "classification"`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["classification"]
+    top_k: int = Field(5, ge=1, description="classes per batch row (at most all of them)")
+    labels: Optional[str] = Field(None, description="one label per line, relative path")
+    softmax: bool = Field(False, description="apply softmax to the scores first")
+    output: Optional[str] = Field(
+        None, description="the scores output; default: the model's only float output"
+    )
+    output_name: Optional[str] = Field(
+        None, description="name of the strings output; default: replaces the scores output"
+    )
+
+
+def read_labels(path: Path) -> List[str]:
+    if not path.is_file():
+        raise ConfigurationError(f"labels file '{path}' does not exist")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def classify(
+    scores: np.ndarray, top_k: int, labels: Optional[Sequence[str]] = None, softmax: bool = False
+) -> np.ndarray:
+    """[N, ...] scores -> [N, K] `score:index[:label]` bytes; the non-batch axes are the classes."""
+    scores = np.asarray(scores)
+    if scores.dtype.kind not in "fiu":
+        raise ValueError(f"classification needs numeric scores, not {scores.dtype.name}")
+    flat = scores.reshape(len(scores), -1)
+    if softmax:
+        flat = _softmax(flat.astype(np.float64)).astype(np.float32)
+    top_k = min(top_k, flat.shape[1])
+    # stable, so equal scores keep the lower class index first
+    order = np.argsort(-flat.astype(np.float64), axis=1, kind="stable")[:, :top_k]
+    labels = labels or ()
+    strings = np.empty(order.shape, dtype=object)
+    for row, indices in enumerate(order):
+        for column, index in enumerate(indices):
+            value = flat[row, index]
+            # C++ std::to_string, as Triton formats it: 6 decimals for floats
+            text = f"{value:f}:{index}" if flat.dtype.kind == "f" else f"{value}:{index}"
+            if index < len(labels):
+                text += f":{labels[index]}"
+            strings[row, column] = text.encode()
+    return strings
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A configured classification: which output, how many classes, which labels."""
+
+    source: str  # the model output holding the scores
+    name: str  # the response output holding the strings
+    top_k: int
+    labels: Optional[List[str]]
+    softmax: bool
+    classes: Optional[int]  # None when the output's class axes are dynamic
+
+    @property
+    def width(self) -> Optional[int]:
+        """K of the [N, K] strings output, when the number of classes is known."""
+        return None if self.classes is None else min(self.top_k, self.classes)
+
+    @classmethod
+    def build(
+        cls,
+        config: ClassificationSettings,
+        outputs: Sequence[TensorSpec],
+        resolve: Callable[[str], Path],
+    ) -> "Classifier":
+        """Check the configuration against the model's outputs; `resolve` finds the labels."""
+        names = [spec.name for spec in outputs]
+        if config.output is not None:
+            if config.output not in names:
+                raise ConfigurationError(
+                    f"postprocess.output '{config.output}' is not a model output; the model's "
+                    f"outputs are: {', '.join(names)}"
+                )
+            source = outputs[names.index(config.output)]
+        else:
+            floats = [spec for spec in outputs if np.dtype(spec.dtype).kind == "f"]
+            candidates = outputs if len(outputs) == 1 else floats
+            if len(candidates) != 1:
+                raise ConfigurationError(
+                    "cannot tell which output holds the class scores among "
+                    f"{', '.join(names)}: set postprocess.output"
+                )
+            source = candidates[0]
+        if np.dtype(source.dtype).kind not in "fiu":
+            raise ConfigurationError(f"output '{source.name}' is not numeric: no class scores")
+        name = config.output_name or source.name
+        if name != source.name and name in names:
+            raise ConfigurationError(
+                f"postprocess.output_name '{name}' is already a model output"
+            )
+
+        dims = list(source.shape[1:])
+        classes = math.prod(dims) if None not in dims else None
+        labels = None
+        if config.labels is not None:
+            path = resolve(config.labels)
+            labels = read_labels(path)
+            if classes is not None and len(labels) < classes:
+                raise ConfigurationError(
+                    f"labels file '{path}' has {len(labels)} labels, but output "
+                    f"'{source.name}' has {classes} classes"
+                )
+            if classes is not None and len(labels) > classes:
+                logger.warning(
+                    "labels file '%s' has %d labels for %d classes of output '%s': "
+                    "the extra ones are never used", path, len(labels), classes, source.name,
+                )
+        return cls(source.name, name, config.top_k, labels, config.softmax, classes)

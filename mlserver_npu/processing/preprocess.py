@@ -1,0 +1,358 @@
+"""Declarative image preprocessing: `parameters.extra.preprocess` is a preset name or a list of
+ops, validated by pydantic at load and compiled against the model input the images feed.
+
+Pillow ops (convert, resize, center_crop) run per image; numpy ops (scale, normalize) run on
+the stacked batch; `layout` and `dtype` describe the result and default to the model's.
+"""
+import math
+from typing import Annotated, Any, List, Literal, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+from ..backends import TensorSpec
+from ..errors import ConfigurationError
+
+# [height, width], or one number for a square
+Size = Union[PositiveInt, Tuple[PositiveInt, PositiveInt]]
+PerChannel = Union[float, List[float]]
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64")
+
+
+class PreprocessError(ValueError):
+    """The images of one request cannot become one tensor (e.g. they differ in size);
+    `index` is the batch index of the image at fault, when there is one."""
+
+    def __init__(self, message: str, index: Optional[int] = None):
+        super().__init__(message)
+        self.index = index
+
+
+def _hw(size: Size) -> Tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
+class _Op(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Convert(_Op):
+    """Colour mode: `RGB` (3 channels) or `L` (grayscale, 1 channel)."""
+
+    op: Literal["convert"]
+    mode: Literal["RGB", "L"]
+
+
+class Resize(_Op):
+    """To an exact `size` [height, width], or so that the shorter side is `shorter_side`."""
+
+    op: Literal["resize"]
+    size: Optional[Size] = None
+    shorter_side: Optional[PositiveInt] = None
+    resample: Literal[tuple(RESAMPLE)] = "bilinear"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "Resize":
+        if (self.size is None) == (self.shorter_side is None):
+            raise ValueError("resize takes exactly one of 'size' or 'shorter_side'")
+        return self
+
+    def output_size(self, height: int, width: int) -> Tuple[int, int]:
+        if self.size is not None:
+            return _hw(self.size)
+        side = self.shorter_side
+        # Truncating the longer side as torchvision's Resize(int) does.
+        if height <= width:
+            return side, int(side * width / height)
+        return int(side * height / width), side
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        height, width = self.output_size(image.height, image.width)
+        if (height, width) == (image.height, image.width):
+            return image
+        return image.resize((width, height), RESAMPLE[self.resample])
+
+    def scaled(self, ratio: float) -> "Resize":
+        if self.size is not None:
+            height, width = _hw(self.size)
+            return self.model_copy(update={"size": (round(height * ratio), round(width * ratio))})
+        return self.model_copy(update={"shorter_side": round(self.shorter_side * ratio)})
+
+
+class CenterCrop(_Op):
+    """The central `size` [height, width]; a smaller image is padded with zeros."""
+
+    op: Literal["center_crop"]
+    size: Size
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        height, width = _hw(self.size)
+        if (height, width) == (image.height, image.width):
+            return image
+        top = int(round((image.height - height) / 2.0))
+        left = int(round((image.width - width) / 2.0))
+        return image.crop((left, top, left + width, top + height))
+
+    def scaled(self, ratio: float) -> "CenterCrop":
+        height, width = _hw(self.size)
+        return self.model_copy(update={"size": (round(height * ratio), round(width * ratio))})
+
+
+class Scale(_Op):
+    """value * factor / divisor, in float32 (e.g. `"divisor": 255` for 0..1)."""
+
+    op: Literal["scale"]
+    factor: float = 1.0
+    divisor: float = Field(1.0, gt=0)
+
+    def apply(self, batch: np.ndarray) -> np.ndarray:
+        return batch * np.float32(self.factor) / np.float32(self.divisor)
+
+
+class Normalize(_Op):
+    """(value - mean) / std per channel; one number applies to every channel."""
+
+    op: Literal["normalize"]
+    mean: PerChannel
+    std: Union[PositiveFloat, List[PositiveFloat]]
+
+    def channels(self) -> int:
+        return max(len(v) if isinstance(v, list) else 1 for v in (self.mean, self.std))
+
+    def apply(self, batch: np.ndarray) -> np.ndarray:
+        # batch is [N, H, W, C] here: the channel is the last axis
+        return (batch - np.float32(self.mean)) / np.float32(self.std)
+
+
+class Layout(_Op):
+    op: Literal["layout"]
+    layout: Literal["NCHW", "NHWC"]
+
+
+class Dtype(_Op):
+    op: Literal["dtype"]
+    dtype: Literal[DTYPES]  # type: ignore[valid-type]
+
+
+Op = Annotated[
+    Union[Convert, Resize, CenterCrop, Scale, Normalize, Layout, Dtype],
+    Field(discriminator="op"),
+]
+IMAGE_OPS = (Convert, Resize, CenterCrop)
+ARRAY_OPS = (Scale, Normalize)
+SETTINGS_OPS = ("convert", "layout", "dtype")  # at most one of each
+
+PRESETS = {
+    "imagenet": [
+        {"op": "convert", "mode": "RGB"},
+        {"op": "resize", "shorter_side": 256},
+        {"op": "center_crop", "size": 224},
+        {"op": "scale", "divisor": 255},
+        {"op": "normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        {"op": "layout", "layout": "NCHW"},
+        {"op": "dtype", "dtype": "float32"},
+    ],
+    "mnist": [
+        {"op": "convert", "mode": "L"},
+        {"op": "resize", "size": 28},
+        {"op": "layout", "layout": "NCHW"},
+        {"op": "dtype", "dtype": "float32"},
+    ],
+}
+
+
+def _expand_preset(value: Any) -> Any:
+    if isinstance(value, str):
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset '{value}'; known presets: {', '.join(PRESETS)}")
+        return PRESETS[value]
+    return value
+
+
+def _check_order(ops: List[Any]) -> List[Any]:
+    names = [op.op for op in ops]
+    for name in SETTINGS_OPS:
+        if names.count(name) > 1:
+            raise ValueError(f"'{name}' is given more than once")
+    seen_array_op = None
+    for op in ops:
+        if isinstance(op, ARRAY_OPS):
+            seen_array_op = op.op
+        elif isinstance(op, IMAGE_OPS) and seen_array_op:
+            raise ValueError(f"'{op.op}' works on images: put it before '{seen_array_op}'")
+    return ops
+
+
+PreprocessOps = Annotated[
+    List[Op], BeforeValidator(_expand_preset), AfterValidator(_check_order)
+]
+
+
+def _model_layout(spec: TensorSpec) -> str:
+    shape = spec.shape
+    if len(shape) == 4 and shape[1] not in (1, 3) and shape[3] in (1, 3):
+        return "NHWC"
+    return "NCHW"
+
+
+def _describe(spec: TensorSpec) -> str:
+    return f"model input '{spec.name}' ({np.dtype(spec.dtype).name} {spec.v2_shape})"
+
+
+def _fit(geometry: List[Any], size: Optional[Tuple[int, int]]) -> List[Any]:
+    """Make the Pillow ops end at the model's static [height, width]: the last crop or exact
+    resize takes that size and the ops before a crop scale along."""
+    if size is None:
+        return geometry
+    if not geometry:
+        return [Resize(op="resize", size=size)]
+    last = geometry[-1]
+    if isinstance(last, CenterCrop):
+        ratio = min(size) / min(_hw(last.size))
+        head = [op if ratio == 1 else op.scaled(ratio) for op in geometry[:-1]]
+        return head + [last.model_copy(update={"size": size})]
+    if last.size is not None:
+        return geometry[:-1] + [last.model_copy(update={"size": size})]
+    return geometry + [CenterCrop(op="center_crop", size=size)]
+
+
+def _final_size(geometry: List[Any]) -> Optional[Tuple[int, int]]:
+    for op in reversed(geometry):
+        if isinstance(op, CenterCrop) or op.size is not None:
+            return _hw(op.size)
+    return None
+
+
+class Preprocessor:
+    """The ops compiled for one model input: images in, that input's tensor out."""
+
+    def __init__(self, ops: Sequence[Any], spec: TensorSpec):
+        def find(kind):
+            return next((op for op in ops if isinstance(op, kind)), None)
+
+        self.spec = spec
+        shape = list(spec.shape)
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind not in "fiu" or len(shape) < 2:
+            raise ConfigurationError(f"{_describe(spec)} is not an image tensor")
+        layout, convert, dtype_op = find(Layout), find(Convert), find(Dtype)
+        self.layout = layout.layout if layout else _model_layout(spec)
+        channel_axis = 1 if self.layout == "NCHW" else 3
+        model_channels = shape[channel_axis] if len(shape) == 4 else None
+        self.mode = convert.mode if convert else ("L" if model_channels == 1 else "RGB")
+        channels = 1 if self.mode == "L" else 3
+        if model_channels not in (None, channels):
+            raise ConfigurationError(
+                f"preprocessing gives {channels} channel(s) (mode {self.mode}) in layout "
+                f"{self.layout}, but {_describe(spec)} has {model_channels}"
+            )
+        if dtype_op and np.dtype(dtype_op.dtype) != dtype:
+            raise ConfigurationError(
+                f"preprocessing gives {dtype_op.dtype}, but {_describe(spec)} is {dtype.name}"
+            )
+        self.dtype = dtype
+
+        spatial = [2, 3] if self.layout == "NCHW" else [1, 2]
+        model_size = None
+        if len(shape) == 4 and all(shape[axis] is not None for axis in spatial):
+            model_size = (shape[spatial[0]], shape[spatial[1]])
+        self.geometry = _fit([op for op in ops if isinstance(op, (Resize, CenterCrop))], model_size)
+        self.size = _final_size(self.geometry)
+        self.arrays = [op for op in ops if isinstance(op, ARRAY_OPS)]
+        for op in self.arrays:
+            if isinstance(op, Normalize) and op.channels() not in (1, channels):
+                raise ConfigurationError(
+                    f"normalize has {op.channels()} values per channel for {channels} channel(s)"
+                )
+
+        # Inputs that are not [N, C, H, W] / [N, H, W, C] take the image reshaped, e.g. the
+        # 8x8 digits as [N, 64].
+        self.reshape: Optional[List[int]] = None
+        if len(shape) != 4:
+            if any(dim is None for dim in shape[1:]):
+                raise ConfigurationError(
+                    f"{_describe(spec)}: images feed [N, C, H, W] or [N, H, W, C] inputs, or "
+                    "inputs with a static shape to reshape into"
+                )
+            self.reshape = shape[1:]
+            if self.size and math.prod(self.size) * channels != math.prod(self.reshape):
+                raise ConfigurationError(
+                    f"preprocessing gives {self.size[0]}x{self.size[1]}x{channels} values per "
+                    f"image, but {_describe(spec)} takes {math.prod(self.reshape)}"
+                )
+
+    def draft_size(self, size: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+        """The (width, height) the first resize needs from an upright (width, height) image:
+        a JPEG can be decoded at 1/2, 1/4 or 1/8 scale while it stays at least that large."""
+        if not self.geometry or not isinstance(self.geometry[0], Resize):
+            return None
+        width, height = size
+        out_height, out_width = self.geometry[0].output_size(height, width)
+        return out_width, out_height
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        arrays = []
+        for index, image in enumerate(images):
+            if image.mode.startswith("I;16"):
+                # 16-bit grayscale: keep the high byte (Pillow's convert would clip at 255)
+                image = Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
+            if image.mode != self.mode:
+                try:
+                    image = image.convert(self.mode)
+                except ValueError as error:
+                    raise PreprocessError(f"{error}", index) from None
+            for op in self.geometry:
+                image = op.apply(image)
+            arrays.append(np.asarray(image))
+        sizes = sorted({a.shape[:2] for a in arrays})
+        if len(sizes) > 1:
+            raise PreprocessError(
+                "the images differ in size after preprocessing ("
+                + ", ".join(f"{h}x{w}" for h, w in sizes)
+                + "); add a resize op to parameters.extra.preprocess"
+            )
+        batch = np.stack(arrays)
+        if batch.ndim == 3:
+            batch = batch[..., np.newaxis]
+        if self.arrays:
+            batch = batch.astype(np.float32)
+        for op in self.arrays:
+            batch = op.apply(batch)
+        if self.layout == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        batch = _cast(batch, self.dtype)
+        if self.reshape is not None:
+            if math.prod(batch.shape[1:]) != math.prod(self.reshape):
+                raise PreprocessError(
+                    f"an image gives {math.prod(batch.shape[1:])} values, but "
+                    f"{_describe(self.spec)} takes {math.prod(self.reshape)}; add a resize op "
+                    "to parameters.extra.preprocess"
+                )
+            batch = batch.reshape([len(batch), *self.reshape])
+        return np.ascontiguousarray(batch)
+
+
+def _cast(batch: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "iu" and batch.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        batch = np.clip(np.rint(batch), info.min, info.max)
+    return batch.astype(dtype, copy=False)
