@@ -2,9 +2,8 @@
 settings -> source -> backend sessions -> pool; request -> tensors -> pool -> response."""
 import asyncio
 import logging
-from typing import Dict, List
+from typing import List
 
-import numpy as np
 from mlserver import MLModel
 from mlserver.errors import InferenceError
 from mlserver.types import (
@@ -31,14 +30,6 @@ def _metadata(specs: List[TensorSpec]) -> List[MetadataTensor]:
         MetadataTensor(name=spec.name, datatype=datatype_of(spec.dtype), shape=spec.v2_shape)
         for spec in specs
     ]
-
-
-def _warmup_feeds(specs: List[TensorSpec]) -> Dict[str, np.ndarray]:
-    """Zeros with every dynamic dimension set to 1."""
-    return {
-        spec.name: np.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)
-        for spec in specs
-    }
 
 
 class NPURuntime(MLModel):
@@ -88,11 +79,11 @@ class NPURuntime(MLModel):
         )
         sessions = [s for s in opened if not isinstance(s, BaseException)]
         failures = [s for s in opened if isinstance(s, BaseException)]
-        pool = SessionPool(sessions) if sessions else None
+        pool = SessionPool(sessions, self.name, self.version) if sessions else None
         try:
             if failures:
                 raise failures[0]
-            await pool.run(_warmup_feeds(pool.inputs))
+            await pool.warm_up()
         except Exception as error:
             if pool:
                 await pool.close()
@@ -120,6 +111,10 @@ class NPURuntime(MLModel):
             parameters = metadata.parameters or Parameters()
             parameters.backend = self._backend  # type: ignore[attr-defined]
             parameters.devices = ",".join(self._pool.devices)  # type: ignore[attr-defined]
+            if self._pool.batch_size is not None:
+                parameters.static_batch = self._pool.batch_size  # type: ignore[attr-defined]
+            if self._pool.warnings:
+                parameters.warnings = "; ".join(self._pool.warnings)  # type: ignore[attr-defined]
             metadata.parameters = parameters
         return metadata
 
