@@ -20,7 +20,6 @@ own repository folder: the default ``model-repository`` must load without option
 """
 import json
 import os
-import shutil
 
 import flatbuffers
 import numpy as np
@@ -255,7 +254,12 @@ def main():
     x, y = load_digits(return_X_y=True)
     make_digits_tflite(weights, bias, x, y)
     make_digits_uint8(weights, bias, x, y)
-    shutil.copy(os.path.join(MODELS, "settings.json"), os.path.join(TFLITE_REPO, "settings.json"))
+    # one source of truth for the server settings, as for the top-level settings.json
+    link = os.path.join(TFLITE_REPO, "settings.json")
+    if not os.path.islink(link):
+        if os.path.exists(link):
+            os.remove(link)
+        os.symlink(os.path.relpath(os.path.join(MODELS, "settings.json"), TFLITE_REPO), link)
 
 
 if __name__ == "__main__":

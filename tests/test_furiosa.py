@@ -3,6 +3,7 @@ tests/fake_furiosa (the only part mocked: no NPU here). The fake follows Furiosa
 API, computes real outputs with onnxruntime, and logs what it was asked to do."""
 import asyncio
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,29 +13,26 @@ from reference import v2_input
 from server import (
     FAKE_FURIOSA,
     MODEL_REPOSITORY,
+    REPO,
     Server,
     copy_model,
     fake_furiosa_env,
     grpc_calls,
 )
 
-COMPILER_CONFIG = {"keep_unsignedness": True, "split_unit": 0}
+WARBOY_EXAMPLE = REPO / "examples" / "warboy" / "model-settings.json"
 
 
 @pytest.fixture(scope="module")
 def npu(tmp_path_factory):
-    """Two fake Warboy cards: npu:0:0 for digits-warboy, npu:1:0 and npu:1:1 for digits-multi,
-    npu:0:1 left free for the tests."""
+    """Two fake Warboy cards: README's example (examples/warboy) takes npu:0:0 and npu:0:1,
+    npu:1:0 and npu:1:1 are left free for the tests."""
     root = tmp_path_factory.mktemp("furiosa")
     repository = root / "repository"
     repository.mkdir()
     (repository / "settings.json").write_text((MODEL_REPOSITORY / "settings.json").read_text())
-    digits = MODEL_REPOSITORY / "digits"
-    copy_model(digits, repository, "digits-warboy", {
-        "device": "warboy(1)*1",
-        "options": {"compiler_config": COMPILER_CONFIG, "worker_num": 2, "batch_size": 2},
-    })
-    copy_model(digits, repository, "digits-multi", {"device": "npu:1:0,npu:1:1", "options": {}})
+    example = copy_model(MODEL_REPOSITORY / "digits", repository, "digits-warboy")
+    shutil.copy(WARBOY_EXAMPLE, example / "model-settings.json")
     log = root / "furiosa.jsonl"
     running = Server(repository, root, env=fake_furiosa_env(log)).wait_ready()
     running.fake_log = log
@@ -66,29 +64,31 @@ def _infer_digits(server, model, batch, offset=0):
 def test_metadata_describes_the_npu_model(npu):
     metadata = npu.http.get("/v2/models/digits-warboy").json()
     assert metadata["parameters"]["backend"] == "furiosa"
-    assert metadata["parameters"]["devices"] == "warboy(1)*1"
-    # batch_size 2 compiles a static batch of 2; clients still send any batch
-    assert metadata["parameters"]["static_batch"] == 2
+    assert metadata["parameters"]["devices"] == "npu:0:0,npu:0:1"
+    # batch_size 4 compiles a static batch of 4; clients still send any batch
+    assert metadata["parameters"]["static_batch"] == 4
     assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [
         ("input", "FP32", [-1, 64])]
     assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["outputs"]] == [
         ("label", "INT64", [-1]), ("probabilities", "FP32", [-1, 10])]
 
 
-def test_compile_options_and_device_reach_the_runtime(npu):
-    [created] = [e for e in _events(npu, "create_runner") if e["device"] == "warboy(1)*1"]
-    assert created["compiler_config"] == COMPILER_CONFIG
-    assert created["worker_num"] == 2
-    assert created["batch_size"] == 2
-    assert created["pes"] == ["npu:0:0"]
-    assert created["model"] == "model.onnx"
+def test_compile_options_and_devices_reach_the_runtime(npu):
+    example = json.loads(WARBOY_EXAMPLE.read_text())["parameters"]["extra"]
+    created = [e for e in _events(npu, "create_runner") if e["device"].startswith("npu:0:")]
+    assert sorted(e["pes"][0] for e in created) == ["npu:0:0", "npu:0:1"]
+    for event in created:  # one runner per device, each with the same options
+        assert event["device"] == event["pes"][0]
+        assert event["compiler_config"] == example["options"]["compiler_config"]
+        assert (event["worker_num"], event["batch_size"]) == (2, 4)
+        assert event["model"] == "model.onnx"
 
 
 def test_inference_matches_onnxruntime_over_rest_and_grpc(npu):
     mark = _mark(npu)
     _infer_digits(npu, "digits-warboy", batch=5)
-    # 5 rows on a batch-2 NPU model: three runs, the last one padded
-    assert [e["rows"] for e in _events(npu, "run", since=mark)] == [2, 2, 2]
+    # 5 rows on a batch-4 NPU model: two runs, the second one padded
+    assert [e["rows"] for e in _events(npu, "run", since=mark)] == [4, 4]
 
     pixels = reference.digits(3, offset=200)
     [result] = grpc_calls(npu.grpc_target, [
@@ -99,22 +99,22 @@ def test_inference_matches_onnxruntime_over_rest_and_grpc(npu):
 
 def test_a_batch_spreads_over_the_devices(npu):
     mark = _mark(npu)
-    before = npu.session_runs("digits-multi")
-    _infer_digits(npu, "digits-multi", batch=6, offset=50)
+    before = npu.session_runs("digits-warboy")
+    _infer_digits(npu, "digits-warboy", batch=16, offset=50)
     runs = [e["device"] for e in _events(npu, "run", since=mark)]
-    assert sorted(runs) == ["npu:1:0"] * 3 + ["npu:1:1"] * 3
-    after = npu.session_runs("digits-multi")
-    assert {s: after[s] - before[s] for s in after} == {"0": 3, "1": 3}
+    assert sorted(runs) == ["npu:0:0"] * 2 + ["npu:0:1"] * 2
+    after = npu.session_runs("digits-warboy")
+    assert {s: after[s] - before[s] for s in after} == {"0": 2, "1": 2}
 
 
 def test_unload_closes_the_runners_and_frees_the_devices(npu):
     mark = _mark(npu)
-    assert npu.http.post("/v2/repository/models/digits-multi/unload").status_code == 200
+    assert npu.http.post("/v2/repository/models/digits-warboy/unload").status_code == 200
     assert sorted(e["device"] for e in _events(npu, "close", since=mark)) == [
-        "npu:1:0", "npu:1:1"]
+        "npu:0:0", "npu:0:1"]
     # the same PEs open again
-    assert npu.http.post("/v2/repository/models/digits-multi/load").status_code == 200
-    _infer_digits(npu, "digits-multi", batch=2)
+    assert npu.http.post("/v2/repository/models/digits-warboy/load").status_code == 200
+    _infer_digits(npu, "digits-warboy", batch=2)
 
 
 def test_one_folder_moves_between_cpu_warboy_and_a_pool(npu):
@@ -141,13 +141,13 @@ def test_one_folder_moves_between_cpu_warboy_and_a_pool(npu):
 BROKEN = [
     ("busy-device", {"device": "npu:0:0"},
      ["furiosa cannot open 'model.onnx' on device 'npu:0:0'", "FuriosaRuntimeError", "busy"]),
-    ("two-sessions-one-pe", {"device": "npu:0:1", "sessions": 2},
-     ["on device 'npu:0:1'", "busy"]),
+    ("two-sessions-one-pe", {"device": "npu:1:0", "sessions": 2},
+     ["on device 'npu:1:0'", "busy"]),
     ("bad-device", {"device": "warboy(3)*1"}, ["device 'warboy(3)*1'", "1 or 2 PEs"]),
     ("bad-compiler-config",
-     {"device": "npu:0:1", "options": {"compiler_config": {"remove_lower": 1}}},
+     {"device": "npu:1:0", "options": {"compiler_config": {"remove_lower": 1}}},
      ["FuriosaRuntimeError", "'remove_lower' must be bool"]),
-    ("onnxruntime-option", {"device": "npu:0:1", "options": {"intra_op_threads": 1}},
+    ("onnxruntime-option", {"device": "npu:1:0", "options": {"intra_op_threads": 1}},
      ["unknown key 'parameters.extra.options.intra_op_threads'"]),
 ]
 
@@ -164,9 +164,9 @@ def test_a_bad_npu_configuration_fails_its_load_with_a_reason(npu, case):
 
 
 def test_a_failed_load_leaves_no_device_taken(npu):
-    """After the broken loads above, npu:0:1 is free: a model opens on it."""
+    """After the broken loads above, npu:1:0 is free: a model opens on it."""
     copy_model(MODEL_REPOSITORY / "digits", npu.repository, "on-free-pe",
-               {"device": "npu:0:1", "options": {}})
+               {"device": "npu:1:0", "options": {}})
     response = npu.http.post("/v2/repository/models/on-free-pe/load")
     assert response.status_code == 200, response.text
     _infer_digits(npu, "on-free-pe", batch=1)
