@@ -20,7 +20,7 @@ from server import (
 
 TFLITE = TFLITE_REPOSITORY / "digits-uint8"
 
-# (folder, model folder to copy, extra, file to overwrite with garbage, words the error must contain)
+# (folder, model folder to copy, extra, file to overwrite with garbage, words the error needs)
 BROKEN = [
     ("furiosa-not-installed", MODEL_REPOSITORY / "digits", {"device": "warboy(1)*1"}, None,
      ["backend 'furiosa' is not usable here", "furiosa.runtime cannot be imported",
@@ -64,7 +64,8 @@ def test_an_npu_runtime_without_its_driver(make_server, tmp_path):
     repository = tmp_path / "repository"
     repository.mkdir()
     shutil.copy(MODEL_REPOSITORY / "settings.json", repository)
-    live = make_server(repository, env=fake_furiosa_env(tmp_path / "log", FAKE_FURIOSA_NO_DRIVER="1"))
+    env = fake_furiosa_env(tmp_path / "log", FAKE_FURIOSA_NO_DRIVER="1")
+    live = make_server(repository, env=env)
     copy_model(MODEL_REPOSITORY / "digits", repository, "warboy", {"device": "npu:0:0",
                                                                    "options": {}})
     response = live.http.post("/v2/repository/models/warboy/load")

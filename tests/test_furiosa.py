@@ -117,6 +117,14 @@ def test_unload_closes_the_runners_and_frees_the_devices(npu):
     _infer_digits(npu, "digits-warboy", batch=2)
 
 
+def test_a_reload_in_place_finds_its_pes_busy_and_keeps_serving(npu):
+    """MLServer loads the new copy before it unloads the old one (README says: unload first)."""
+    response = npu.http.post("/v2/repository/models/digits-warboy/load")
+    assert response.status_code == 400
+    assert "busy" in response.json()["error"]
+    _infer_digits(npu, "digits-warboy", batch=3)
+
+
 def test_one_folder_moves_between_cpu_warboy_and_a_pool(npu):
     """Only `device` and `sessions` change in model-settings.json."""
     folder = copy_model(MODEL_REPOSITORY / "digits", npu.repository, "mover", {"options": {}})

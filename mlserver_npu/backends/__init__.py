@@ -26,7 +26,8 @@ def get_backend(name: str) -> Backend:
 __all__ = [
     "BACKENDS",
     "Backend",
-    "BackendError", "InvalidInput",
+    "BackendError",
+    "InvalidInput",
     "Session",
     "TensorSpec",
     "get_backend",

@@ -76,7 +76,9 @@ class FuriosaBackend:
         pes = (re.fullmatch(r"npu(\d+)pe(\d+(?:-\d+)?)", name) for name in names)
         return sorted(f"npu:{m.group(1)}:{m.group(2)}" for m in pes if m)
 
-    async def open(self, model_path: Path, device: Optional[str], options: Options) -> FuriosaSession:
+    async def open(
+        self, model_path: Path, device: Optional[str], options: Options
+    ) -> FuriosaSession:
         label = device or "default"
         arguments = options.model_dump(exclude_none=True)
         try:
@@ -90,4 +92,6 @@ class FuriosaBackend:
             return FuriosaSession(runner, label)
         except Exception as error:  # e.g. a tensor type without a numpy equivalent
             await runner.close()
-            raise BackendError(f"furiosa model '{model_path.name}' is not servable: {error}") from error
+            raise BackendError(
+                f"furiosa model '{model_path.name}' is not servable: {error}"
+            ) from error

@@ -219,7 +219,9 @@ class Runner:
             raise ValueError(f"expected {self.model.input_num} input tensors, got {len(tensors)}")
         return await self._run(dict(zip((d.name for d in self.model.inputs()), tensors)))
 
-    async def run_with(self, outputs: Sequence[str], inputs: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    async def run_with(
+        self, outputs: Sequence[str], inputs: Dict[str, np.ndarray]
+    ) -> List[np.ndarray]:
         if not isinstance(inputs, dict):
             raise TypeError("inputs must be a dict of tensor name to array")
         names = [d.name for d in self.model.outputs()]
