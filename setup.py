@@ -42,6 +42,8 @@ setup(
             "skl2onnx>=1.16",
             "httpx>=0.27",
             "moto[server]>=5.0",
+            # TFLite serving tests, and examples/make_npu_models.py's flatbuffer schema
+            "ai-edge-litert>=1.0",
         ],
         "tflite": ["ai-edge-litert>=1.0"],
         "furiosa": ["furiosa-runtime>=0.10"],

@@ -1,41 +1,117 @@
-"""Sessions over devices: each run goes to the session with the fewest runs in flight."""
+"""Sessions over devices: each run goes to the session with the fewest runs in flight.
+
+A model compiled for a static batch (axis 0 fixed, as NPU compilers and most TFLite exports
+do) takes any batch from clients: a large batch is split into runs of the static size that go
+to several sessions at once, a short one is padded, and the padding is cut from the outputs.
+"""
 import asyncio
-from typing import Dict, List, Mapping
+import dataclasses
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .backends import Session, TensorSpec
+from .metrics import SessionMetrics
+
+
+def static_batch(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Optional[int]:
+    """The fixed batch of a model whose inputs share one fixed axis 0 that every output
+    repeats (or leaves dynamic); None when axis 0 is dynamic or not a batch axis."""
+    sizes = {spec.shape[0] if len(spec.shape) else None for spec in inputs}
+    if len(sizes) != 1:
+        return None
+    (size,) = sizes
+    if size is None or any(not len(spec.shape) or spec.shape[0] not in (None, size)
+                           for spec in outputs):
+        return None
+    return size
+
+
+def _any_batch(specs: Sequence[TensorSpec]) -> List[TensorSpec]:
+    return [dataclasses.replace(spec, shape=[None, *spec.shape[1:]]) for spec in specs]
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    """Fill axis 0 up to `size` by repeating the last row (real data, so no NaN surprises)."""
+    missing = size - len(array)
+    if missing == 0:
+        return array
+    if len(array) == 0:
+        return np.zeros((size, *array.shape[1:]), array.dtype)
+    return np.pad(array, [(0, missing)] + [(0, 0)] * (array.ndim - 1), mode="edge")
 
 
 class SessionPool:
-    def __init__(self, sessions: List[Session]):
+    def __init__(
+        self,
+        sessions: List[Session],
+        model_name: str = "",
+        model_version: Optional[str] = None,
+    ):
         if not sessions:
             raise ValueError("a pool needs at least one session")
         self.sessions = sessions
         self.in_flight = [0] * len(sessions)
-        self.runs = [0] * len(sessions)
+        self.batch_size = static_batch(sessions[0].inputs, sessions[0].outputs)
+        self._metrics = SessionMetrics(model_name, model_version, self.devices)
 
     @property
     def inputs(self) -> List[TensorSpec]:
-        return self.sessions[0].inputs
+        """What clients may send: any batch size, also to a static-batch model."""
+        specs = self.sessions[0].inputs
+        return specs if self.batch_size is None else _any_batch(specs)
 
     @property
     def outputs(self) -> List[TensorSpec]:
-        return self.sessions[0].outputs
+        specs = self.sessions[0].outputs
+        return specs if self.batch_size is None else _any_batch(specs)
 
     @property
     def devices(self) -> List[str]:
         return [session.device for session in self.sessions]
 
+    @property
+    def warnings(self) -> List[str]:
+        return list(dict.fromkeys(w for session in self.sessions for w in session.warnings))
+
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        size = self.batch_size
+        if size is None:
+            return await self._run_on_least_busy(feeds)
+        rows = len(next(iter(feeds.values())))
+        parts = await asyncio.gather(
+            *(
+                self._run_on_least_busy(
+                    {name: _pad(array[start : start + size], size) for name, array in feeds.items()}
+                )
+                for start in range(0, max(rows, 1), size)
+            )
+        )
+        return {
+            spec.name: np.concatenate([part[spec.name] for part in parts])[:rows]
+            for spec in self.sessions[0].outputs
+        }
+
+    async def _run_on_least_busy(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         # min() keeps the first of equals, so an idle pool always starts at session 0.
         index = min(range(len(self.sessions)), key=self.in_flight.__getitem__)
         self.in_flight[index] += 1
-        self.runs[index] += 1
+        self._metrics.started(index)
         try:
             return await self.sessions[index].run(feeds)
         finally:
             self.in_flight[index] -= 1
+            self._metrics.finished(index)
+
+    async def warm_up(self) -> None:
+        """One batch of zeros on every session (outside the metrics), so that first-run costs
+        (allocation, compilation, delegate set-up) are paid at load, and a broken session
+        fails the load rather than a request."""
+        feeds = {
+            spec.name: np.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)
+            for spec in self.sessions[0].inputs
+        }
+        await asyncio.gather(*(session.run(feeds) for session in self.sessions))
 
     async def close(self) -> None:
         await asyncio.gather(*(session.close() for session in self.sessions))

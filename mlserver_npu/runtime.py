@@ -4,9 +4,8 @@ preprocessing) -> pool -> outputs (postprocessing, codecs) -> response."""
 import asyncio
 import logging
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
-import numpy as np
 from mlserver import MLModel
 from mlserver.errors import InferenceError
 from mlserver.types import (
@@ -28,14 +27,6 @@ from .settings import NPUEnvironment, NPUSettings, describe_validation_error
 from .sources import SourceError, resolve_model
 
 logger = logging.getLogger("mlserver.npu")
-
-
-def _warmup_feeds(specs: List[TensorSpec]) -> Dict[str, np.ndarray]:
-    """Zeros with every dynamic dimension set to 1."""
-    return {
-        spec.name: np.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)
-        for spec in specs
-    }
 
 
 class NPURuntime(MLModel):
@@ -108,11 +99,11 @@ class NPURuntime(MLModel):
         )
         sessions = [s for s in opened if not isinstance(s, BaseException)]
         failures = [s for s in opened if isinstance(s, BaseException)]
-        pool = SessionPool(sessions) if sessions else None
+        pool = SessionPool(sessions, self.name, self.version) if sessions else None
         try:
             if failures:
                 raise failures[0]
-            await pool.run(_warmup_feeds(pool.inputs))
+            await pool.warm_up()
         except Exception as error:
             if pool:
                 await pool.close()
@@ -141,6 +132,10 @@ class NPURuntime(MLModel):
             parameters.backend = self._backend  # type: ignore[attr-defined]
             parameters.devices = ",".join(self._pool.devices)  # type: ignore[attr-defined]
             parameters.sha256 = self._sha256  # type: ignore[attr-defined]
+            if self._pool.batch_size is not None:
+                parameters.static_batch = self._pool.batch_size  # type: ignore[attr-defined]
+            if self._pool.warnings:
+                parameters.warnings = "; ".join(self._pool.warnings)  # type: ignore[attr-defined]
             metadata.parameters = parameters
         return metadata
 

@@ -5,6 +5,7 @@ MLServer drops unknown top-level keys silently; under `extra` we refuse them by 
 typo (`"session": 2`) fails the load instead of being ignored.
 """
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Type
 
@@ -17,6 +18,10 @@ from .processing.preprocess import PreprocessOps
 Backend = Literal["onnxruntime", "tflite", "furiosa"]
 
 BACKEND_BY_SUFFIX: Dict[str, Backend] = {".onnx": "onnxruntime", ".tflite": "tflite"}
+
+# Device strings that only one backend understands pick that backend, so that moving a model
+# folder to an NPU takes nothing but a new `device`.
+BACKEND_BY_DEVICE = re.compile(r"^(?P<furiosa>warboy|npu[:\d])", re.IGNORECASE)
 
 
 class NPUSettings(BaseModel):
@@ -56,8 +61,13 @@ class NPUSettings(BaseModel):
         return [d.strip() for d in self.device.split(",") if d.strip()]
 
     def backend_for(self, model_path: Path) -> Backend:
+        """`backend` if given, else the one the device string names, else the file suffix's."""
         if self.backend:
             return self.backend
+        for device in self.devices:
+            match = BACKEND_BY_DEVICE.match(device or "")
+            if match:
+                return match.lastgroup  # type: ignore[return-value]
         return BACKEND_BY_SUFFIX.get(model_path.suffix.lower(), "onnxruntime")
 
 

@@ -44,7 +44,8 @@ EXAMPLE_MODELS = ["digits", "digits-temperature", "squeezenet"]
 
 
 def v2_input(name: str, array: np.ndarray) -> dict:
-    datatype = {"float32": "FP32", "int64": "INT64", "float64": "FP64", "int32": "INT32"}
+    datatype = {"float32": "FP32", "int64": "INT64", "float64": "FP64", "int32": "INT32",
+                "uint8": "UINT8"}
     return {
         "name": name,
         "shape": list(array.shape),

@@ -14,6 +14,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO / "model-repository"
+TFLITE_REPOSITORY = REPO / "examples" / "tflite-repository"
+FAKE_FURIOSA = Path(__file__).resolve().with_name("fake_furiosa")
 MLSERVER = Path(sys.executable).with_name("mlserver")
 
 
@@ -33,10 +35,42 @@ def copy_repository(destination: Path, models: Optional[list] = None) -> Path:
     return destination
 
 
+def fake_furiosa_env(log: Path, **extra: str) -> Dict[str, str]:
+    """Server environment with the fake `furiosa.runtime` (two Warboy cards) logging to `log`."""
+    return {
+        "PYTHONPATH": str(FAKE_FURIOSA),
+        "FAKE_FURIOSA_LOG": str(log),
+        "FAKE_FURIOSA_NPUS": "2",
+        **extra,
+    }
+
+
+def copy_model(
+    source: Path, repository: Path, name: str, extra: Optional[Dict[str, Any]] = None, **top: Any
+) -> Path:
+    """A copy of the model folder `source` named `name` in `repository`, with `extra` keys
+    replacing those of `parameters.extra` and `top` keys those of model-settings.json."""
+    folder = repository / name
+    shutil.copytree(source, folder)
+    path = folder / "model-settings.json"
+    settings = json.loads(path.read_text())
+    settings.update(top, name=name)
+    settings["parameters"]["extra"].update(extra or {})
+    path.write_text(json.dumps(settings, indent=2))
+    return folder
+
+
 class Server:
     """One MLServer process that we started, reachable only through its own ports."""
 
-    def __init__(self, repository: Path, workdir: Path, settings: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        repository: Path,
+        workdir: Path,
+        settings: Optional[Dict[str, Any]] = None,
+        env: Optional[Dict[str, str]] = None,
+    ):
+        """`env` adds variables for the server process; its PYTHONPATH goes before ours."""
         self.repository = repository
         self.name = f"mlserver-npu-test-{uuid.uuid4().hex[:8]}"
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -55,9 +89,12 @@ class Server:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = workdir / "mlserver.log"
+        extra_env = {**self.extra_env(), **(env or {})}
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env.update(self.extra_env())
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [extra_env.pop("PYTHONPATH", None), str(REPO), env.get("PYTHONPATH")])
+        )
+        env.update(extra_env)
         self._log = open(self.log_path, "wb")
         # MLServer writes .metrics/ and .envs/ into its working directory.
         self.process = subprocess.Popen(
@@ -96,6 +133,28 @@ class Server:
         if outputs is not None:
             body["outputs"] = outputs
         return self.http.post(f"/v2/models/{model}/infer", json=body)
+
+    def metrics(self) -> Dict[str, Dict[tuple, float]]:
+        """Prometheus samples from the metrics port: name -> {sorted label items: value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).text
+        samples: Dict[str, Dict[tuple, float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = (
+                    sample.value
+                )
+        return samples
+
+    def session_runs(self, model: str) -> Dict[str, float]:
+        """Runs started per session of `model` ("0", "1", ...), from the plugin's metrics."""
+        runs = self.metrics().get("mlserver_npu_session_runs_total", {})
+        return {
+            dict(labels)["session"]: value
+            for labels, value in runs.items()
+            if dict(labels)["model_name"] == model
+        }
 
     def stop(self) -> None:
         self.http.close()

@@ -129,8 +129,13 @@ def test_fallback_to_cpu_loads_on_cpu(live):
     extra = {"device": "cuda", "options": {"fallback_to_cpu": True}}
     _drop_folder(live, "fallback", _settings("fallback", extra), GOOD_MODEL)
     assert live.http.post("/v2/repository/models/fallback/load").status_code == 200
-    assert live.http.get("/v2/models/fallback").json()["parameters"]["devices"] == "cpu"
+    parameters = live.http.get("/v2/models/fallback").json()["parameters"]
+    assert parameters["devices"] == "cpu"
+    for where in (parameters["warnings"], live.log()):
+        assert "device 'cuda' needs CUDAExecutionProvider" in where
+        assert "running on cpu instead (options.fallback_to_cpu)" in where
     _infer_digits(live, "fallback")
+    assert "warnings" not in live.http.get("/v2/models/digits").json()["parameters"]
 
 
 def test_repository_api_over_grpc(live):

@@ -7,6 +7,8 @@ from .base import Backend, BackendError, InvalidInput, Session, TensorSpec
 # backend name -> (module, class)
 BACKENDS = {
     "onnxruntime": ("mlserver_npu.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "tflite": ("mlserver_npu.backends.tflite", "TFLiteBackend"),
+    "furiosa": ("mlserver_npu.backends.furiosa", "FuriosaBackend"),
 }
 
 
@@ -21,4 +23,12 @@ def get_backend(name: str) -> Backend:
     return getattr(module, class_name)()
 
 
-__all__ = ["Backend", "BackendError", "InvalidInput", "Session", "TensorSpec", "get_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendError",
+    "InvalidInput",
+    "Session",
+    "TensorSpec",
+    "get_backend",
+]

@@ -32,11 +32,17 @@ class InvalidInput(BackendError):
 
 
 class Session(Protocol):
-    """One loaded copy of the model on one device."""
+    """One loaded copy of the model on one device.
+
+    `inputs`/`outputs` are the model's own shapes: a fixed axis 0 is a static batch that the
+    pool fills and splits. `warnings` says what the user should know about how the session was
+    opened (e.g. a fallback to CPU); the runtime shows them in the model's metadata.
+    """
 
     device: str
     inputs: List[TensorSpec]
     outputs: List[TensorSpec]
+    warnings: List[str]
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Run one batch without blocking the event loop; return every output by name."""

@@ -133,9 +133,10 @@ def _specs(args: List[Any]) -> List[TensorSpec]:
 
 
 class OnnxRuntimeSession:
-    def __init__(self, session: ort.InferenceSession, device: str):
+    def __init__(self, session: ort.InferenceSession, device: str, warnings: List[str]):
         self._session = session
         self.device = device
+        self.warnings = warnings
         self.inputs = _specs(session.get_inputs())
         self.outputs = _specs(session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]
@@ -154,22 +155,32 @@ class OnnxRuntimeSession:
         self._session = None
 
 
+def _fall_back(message: str, options: Options, warnings: List[str]) -> None:
+    """Refuse the device, or (with `options.fallback_to_cpu`) note that CPU runs instead."""
+    if not options.fallback_to_cpu:
+        raise BackendError(message)
+    warnings.append(f"{message}; running on cpu instead (options.fallback_to_cpu)")
+    logger.warning("%s", warnings[-1])
+
+
 def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRuntimeSession:
     provider, device_options = parse_device(device)
     available = ort.get_available_providers()
     label = device or "cpu"
+    warnings: List[str] = []
     if provider not in available:
-        message = (
+        _fall_back(
             f"device '{label}' needs {provider}, which this onnxruntime build does not have; "
             f"available providers: {', '.join(available)} "
-            f"(devices: {', '.join(available_devices())})"
+            f"(devices: {', '.join(available_devices())})",
+            options,
+            warnings,
         )
-        if not options.fallback_to_cpu:
-            raise BackendError(message)
-        logger.warning("%s; falling back to cpu (options.fallback_to_cpu)", message)
         provider, device_options, label = CPU, {}, "cpu"
 
-    providers: List[Any] = [(provider, {**device_options, **options.provider_options})]
+    # provider_options are meant for the requested provider, not for the CPU fallback
+    provider_options = {} if warnings else options.provider_options
+    providers: List[Any] = [(provider, {**device_options, **provider_options})]
     if provider != CPU:
         providers.append(CPU)
     try:
@@ -178,7 +189,15 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
         )
     except Exception as error:  # ORT raises its own exception types for bad files
         raise BackendError(f"onnxruntime cannot open '{model_path.name}': {error}") from error
-    return OnnxRuntimeSession(session, label)
+    if provider not in session.get_providers():
+        # The provider is built in but its device or driver is missing: ORT went on with CPU.
+        _fall_back(
+            f"device '{label}': {provider} could not be initialised (see the log above)",
+            options,
+            warnings,
+        )
+        label = "cpu"
+    return OnnxRuntimeSession(session, label, warnings)
 
 
 class OnnxRuntimeBackend:

@@ -1,0 +1,57 @@
+"""`mlserver-npu`: helpers next to `mlserver start`.
+
+    mlserver-npu devices [--json]   the backends usable here and the devices each can open
+"""
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Optional
+
+from .backends import BACKENDS, BackendError, get_backend
+
+
+def list_devices() -> Dict[str, Dict[str, Any]]:
+    """Backend name -> {"available": True, "devices": [...]} or {"available": False, "reason"}."""
+    report: Dict[str, Dict[str, Any]] = {}
+    for name in BACKENDS:
+        try:
+            backend = get_backend(name)
+        except BackendError as error:
+            report[name] = {"available": False, "reason": str(error)}
+        else:
+            report[name] = {"available": True, "devices": backend.available_devices()}
+    return report
+
+
+def _print_devices(report: Dict[str, Dict[str, Any]]) -> None:
+    width = max(map(len, report))
+    for name, entry in report.items():
+        if not entry["available"]:
+            line = f"unavailable: {entry['reason']}"
+        else:
+            line = ", ".join(entry["devices"]) or "available, no device found"
+        print(f"{name:<{width}}  {line}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mlserver-npu", description="Tools for serving models on NPUs with MLServer."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    devices = commands.add_parser(
+        "devices", help="list the backends usable on this machine and their devices"
+    )
+    devices.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+
+    if args.command == "devices":
+        report = list_devices()
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_devices(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
