@@ -13,7 +13,7 @@ from mlserver.metrics import REGISTRY
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import Counter, Gauge
 
-logger = logging.getLogger("mlserver_npu")
+logger = logging.getLogger("mlserver.npu")
 
 IN_FLIGHT = "mlserver_npu_session_in_flight"
 RUNS = "mlserver_npu_session_runs"

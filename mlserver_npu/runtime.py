@@ -4,7 +4,7 @@ preprocessing) -> pool -> outputs (postprocessing, codecs) -> response."""
 import asyncio
 import logging
 from pathlib import Path
-from typing import List, Tuple
+from typing import Tuple
 
 from mlserver import MLModel
 from mlserver.errors import InferenceError
@@ -17,7 +17,7 @@ from mlserver.types import (
 from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
-from .backends import BackendError, InvalidInput, TensorSpec, get_backend
+from .backends import BackendError, InvalidInput, get_backend
 from .errors import ConfigurationError, ModelLoadError
 from .pool import SessionPool
 from .processing.classification import Classifier

@@ -89,7 +89,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = workdir / "mlserver.log"
-        extra_env = {**self.extra_env(), **(env or {})}
+        extra_env = dict(env or {})
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [extra_env.pop("PYTHONPATH", None), str(REPO), env.get("PYTHONPATH")])
@@ -105,9 +105,6 @@ class Server:
             stderr=subprocess.STDOUT,
         )
         self.http = httpx.Client(base_url=self.url, timeout=60)
-
-    def extra_env(self) -> Dict[str, str]:
-        return {}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -127,6 +124,27 @@ class Server:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"mlserver not ready after {timeout}s:\n{self.log()}")
+
+    @classmethod
+    def start(
+        cls,
+        repository: Path,
+        workdir: Path,
+        settings: Optional[Dict[str, Any]] = None,
+        env: Optional[Dict[str, str]] = None,
+        attempts: int = 3,
+    ) -> "Server":
+        """A ready server; new ports when a free port was taken before mlserver bound it."""
+        for attempt in range(attempts):
+            server = cls(repository, workdir, settings, env)
+            try:
+                return server.wait_ready()
+            except (RuntimeError, AssertionError):
+                server.stop()
+                taken = "address already in use" in server.log().lower()
+                if not taken or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def infer(self, model: str, inputs: list, outputs: Optional[list] = None) -> httpx.Response:
         body: Dict[str, Any] = {"inputs": inputs}

@@ -34,7 +34,7 @@ def npu(tmp_path_factory):
     example = copy_model(MODEL_REPOSITORY / "digits", repository, "digits-warboy")
     shutil.copy(WARBOY_EXAMPLE, example / "model-settings.json")
     log = root / "furiosa.jsonl"
-    running = Server(repository, root, env=fake_furiosa_env(log)).wait_ready()
+    running = Server.start(repository, root, env=fake_furiosa_env(log))
     running.fake_log = log
     yield running
     running.stop()

@@ -23,9 +23,6 @@ from server import REPO, Server, copy_repository, grpc_calls
 MAX_PIXELS = 2_000_000
 
 
-class LimitedServer(Server):
-    def extra_env(self):
-        return {"MLSERVER_NPU_MAX_IMAGE_PIXELS": str(MAX_PIXELS)}
 
 
 def _identity(dtype, shape) -> bytes:
@@ -88,7 +85,7 @@ def live(tmp_path_factory):
     )
     for name, (dtype, shape, extra, declared) in IDENTITY_MODELS.items():
         _write_model(repository / name, name, extra, model=_identity(dtype, shape), declared=declared)
-    running = LimitedServer(repository, root).wait_ready()
+    running = Server.start(repository, root, env={"MLSERVER_NPU_MAX_IMAGE_PIXELS": str(MAX_PIXELS)})
     yield running
     running.stop()
 

@@ -54,7 +54,7 @@ def pool_server(tmp_path_factory):
     copy_model(MODEL_REPOSITORY / "digits", repository, "digits-batched", **BATCHED)
     copy_model(MODEL_REPOSITORY / "digits-b4", repository, "b4-batched", {"sessions": 2},
                **BATCHED)
-    running = Server(repository, root).wait_ready()
+    running = Server.start(repository, root)
     running.busy_model = busy / "model.onnx"
     yield running
     running.stop()

@@ -46,12 +46,13 @@ def _environment(s3: S3Store, cache) -> dict:
 @pytest.fixture(scope="module")
 def live(stores, tmp_path_factory):
     root = tmp_path_factory.mktemp("remote")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in _environment(stores[1], root / "cache").items():
-            patch.setenv(name, value)
-        server = Server(copy_repository(root / "repo", models=["digits"]), root)
+    server = Server.start(
+        copy_repository(root / "repo", models=["digits"]),
+        root,
+        env=_environment(stores[1], root / "cache"),
+    )
     server.cache = root / "cache"
-    yield server.wait_ready()
+    yield server
     server.stop()
 
 
@@ -148,7 +149,7 @@ def test_every_failure_is_a_400_that_says_why_and_leaves_the_cache_clean(live, s
     assert stores[1].env["AWS_SECRET_ACCESS_KEY"] not in live.log()
 
 
-def test_a_restarted_server_loads_from_the_cache(live, stores, make_server, tmp_path, monkeypatch):
+def test_a_restarted_server_loads_from_the_cache(live, stores, make_server, tmp_path):
     files, _ = stores
     uri = files.put("/restart/digits.onnx", DIGITS)
     assert _load(live, "before-restart", uri).status_code == 200
@@ -158,9 +159,7 @@ def test_a_restarted_server_loads_from_the_cache(live, stores, make_server, tmp_
     folder = repository / "after-restart"
     folder.mkdir()
     (folder / "model-settings.json").write_text(json.dumps(_settings("after-restart", uri=uri)))
-    for name, value in _environment(stores[1], live.cache).items():
-        monkeypatch.setenv(name, value)
-    restarted = make_server(repository)
+    restarted = make_server(repository, env=_environment(stores[1], live.cache))
     _infer_digits(restarted, "after-restart")
     assert files.downloads["/restart/digits.onnx"] == 1
     assert files.requests["/restart/digits.onnx"] == 2  # the second one answered 304

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..backends import TensorSpec
 from ..errors import ConfigurationError
 
-logger = logging.getLogger("mlserver_npu")
+logger = logging.getLogger("mlserver.npu")
 
 
 class ClassificationSettings(BaseModel):
