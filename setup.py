@@ -34,6 +34,18 @@ setup(
             "scikit-learn>=1.3",
             "skl2onnx>=1.16",
             "httpx>=0.27",
+            # tests/test_bench_smoke.py runs `python -m bench --quick`
+            "pillow>=10",
+            "psutil>=5.9",
+            "matplotlib>=3.7",
+        ],
+        # `python -m bench` (bench/README.md); fastapi, uvicorn, grpcio come with mlserver
+        "bench": [
+            "httpx>=0.27",
+            "pillow>=10",
+            "psutil>=5.9",
+            "matplotlib>=3.7",
+            "py-spy>=0.3",
         ],
         "tflite": ["ai-edge-litert>=1.0"],
         "furiosa": ["furiosa-runtime>=0.10"],
