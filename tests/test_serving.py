@@ -198,3 +198,19 @@ def test_readme_curl_body_is_served(server):
     pixels = np.array(body["inputs"][0]["data"], np.float32).reshape(1, 64)
     label = {o["name"]: o for o in response.json()["outputs"]}["label"]["data"]
     assert label == reference.run("digits", {"input": pixels})["label"].tolist()
+
+
+def test_nested_integer_data_gives_the_same_tensor_as_flat_floats(server):
+    """REST JSON may nest `data` by shape and write whole numbers as integers; decoding takes
+    another path for those than for flat floats, and must give the same tensor."""
+    feeds = sample_inputs("digits", 3)  # whole-numbered pixel values 0..16
+    pixels = feeds["input"]
+    nested = dict(v2_input("input", pixels), data=pixels.astype(int).tolist())
+    want = reference.run("digits", feeds)
+    for inputs in ([nested], [v2_input("input", pixels)]):
+        response = server.infer("digits", inputs)
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o for o in response.json()["outputs"]}
+        got = np.array(outputs["probabilities"]["data"], np.float32).reshape(3, 10)
+        np.testing.assert_allclose(got, want["probabilities"], rtol=1e-5, atol=1e-6)
+        assert outputs["label"]["data"] == want["label"].tolist()

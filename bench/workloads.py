@@ -1,0 +1,176 @@
+"""What is benchmarked: the models (workloads) and the servers under test (targets).
+
+A workload is a model plus the one request every client sends for it; a target is a way of
+serving it (raw onnxruntime, mlserver-npu over REST or gRPC, ...). Adding a model or a
+server is one entry in WORKLOADS or TARGETS.
+"""
+import base64
+import functools
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = REPO / "model-repository"
+
+
+def _digits_sample() -> np.ndarray:
+    # Pixel intensities 0..16, like scikit-learn's digits.
+    return np.random.default_rng(0).integers(0, 17, (1, 64)).astype(np.float32)
+
+
+def _squeezenet_sample() -> np.ndarray:
+    return np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def sample_jpeg(width: int = 640, height: int = 480) -> bytes:
+    """A deterministic photo-sized JPEG (smooth gradients and a few edges, ~30 KB)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    red = 128 + 100 * np.sin(x / 40) * np.cos(y / 55)
+    green = 255 * x / width
+    blue = np.where((x // 80 + y // 80) % 2 == 0, 200, 60) + 0 * y
+    pixels = np.clip(np.stack([red, green, blue], axis=-1), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model and the single-item request every client sends for it."""
+
+    name: str
+    folder: str  # under model-repository/, holding model.onnx
+    input_name: str
+    description: str
+    sample: Optional[Callable[[], np.ndarray]] = None  # tensor workloads
+    image: bool = False  # JPEG bytes in, top-5 labels out
+    top_k: int = 5
+
+    @property
+    def model_file(self) -> Path:
+        return MODEL_REPOSITORY / self.folder / "model.onnx"
+
+    def v2_input(self) -> Dict[str, Any]:
+        """The request input as V2 JSON (REST)."""
+        if self.image:
+            return {
+                "name": self.input_name,
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"content_type": "image"},
+                "data": [base64.b64encode(sample_jpeg()).decode()],  # JSON carries base64
+            }
+        array = self.sample()
+        return {
+            "name": self.input_name,
+            "datatype": "FP32",
+            "shape": list(array.shape),
+            "data": array.ravel().tolist(),
+        }
+
+    def v2_body(self) -> bytes:
+        return json.dumps({"inputs": [self.v2_input()]}).encode()
+
+    def npu_extra(self, labels: Path) -> Dict[str, Any]:
+        """`parameters.extra` keys this workload adds to the model's own (threads aside)."""
+        if not self.image:
+            return {}
+        return {
+            "preprocess": "imagenet",
+            "postprocess": {"type": "classification", "top_k": self.top_k, "labels": labels.name},
+        }
+
+
+WORKLOADS: Dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload("digits", "digits", "input", "tiny: logistic regression, FP32 [1, 64]",
+                 sample=_digits_sample),
+        Workload("squeezenet", "squeezenet", "data_0",
+                 "compute-bound: SqueezeNet 1.0, FP32 [1, 3, 224, 224]",
+                 sample=_squeezenet_sample),
+        Workload("image", "squeezenet", "data_0",
+                 "image path: a 640x480 JPEG in, imagenet preprocessing, top-5 labels out",
+                 image=True),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A way of serving a workload: which server, which model variant, which protocol."""
+
+    name: str
+    server: str  # "raw" (in the load process), "mlserver" or "fastapi"
+    protocol: str  # "in-process", "rest", "grpc", "json", "upload"
+    variant: str = ""  # mlserver model variant: "" (mlserver-npu), "batching", "echo"
+    description: str = ""
+
+    def model_name(self, workload: Workload) -> str:
+        return f"{workload.name}-{self.variant}" if self.variant else workload.name
+
+    def protocol_for(self, workload: Workload) -> str:
+        if self.server == "fastapi":
+            return "upload" if workload.image else "json"
+        return self.protocol
+
+
+TARGETS: Dict[str, Target] = {
+    t.name: t
+    for t in [
+        Target("raw", "raw", "in-process", description=(
+            "onnxruntime in one process: N asyncio tasks over asyncio.to_thread(session.run)"
+        )),
+        Target("npu-rest", "mlserver", "rest", description="mlserver-npu, V2 REST JSON"),
+        Target("npu-grpc", "mlserver", "grpc", description="mlserver-npu, V2 gRPC raw contents"),
+        Target("npu-batch-rest", "mlserver", "rest", "batching",
+               "mlserver-npu with adaptive batching, REST"),
+        Target("npu-batch-grpc", "mlserver", "grpc", "batching",
+               "mlserver-npu with adaptive batching, gRPC"),
+        Target("echo-rest", "mlserver", "rest", "echo",
+               "MLServer's floor: an echo MLModel, REST"),
+        Target("echo-grpc", "mlserver", "grpc", "echo",
+               "MLServer's floor: an echo MLModel, gRPC"),
+        Target("fastapi", "fastapi", "http", description=(
+            "a plain FastAPI + onnxruntime app under uvicorn (JSON tensors, UploadFile images)"
+        )),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A ratio of two measured points that should reach `threshold` (None: report only)."""
+
+    label: str
+    workload: str
+    concurrency: int
+    numerator: str  # target names
+    denominator: str
+    threshold: Optional[float]
+
+
+GOALS: List[Goal] = [
+    Goal("tiny @16: mlserver-npu / echo floor (REST)", "digits", 16, "npu-rest", "echo-rest", 0.9),
+    Goal("tiny @16: mlserver-npu / echo floor (gRPC)", "digits", 16, "npu-grpc", "echo-grpc", 0.9),
+    Goal("squeezenet @4: mlserver-npu gRPC / raw onnxruntime", "squeezenet", 4,
+         "npu-grpc", "raw", 0.85),
+    Goal("image @16: mlserver-npu REST / FastAPI", "image", 16, "npu-rest", "fastapi", 1.0),
+    Goal("image @16: mlserver-npu gRPC / FastAPI", "image", 16, "npu-grpc", "fastapi", 1.0),
+    Goal("batching gain, squeezenet @16 gRPC", "squeezenet", 16,
+         "npu-batch-grpc", "npu-grpc", None),
+    Goal("batching gain, squeezenet @16 REST", "squeezenet", 16,
+         "npu-batch-rest", "npu-rest", None),
+]
+
+
+def plan(workloads: List[str], targets: List[str]) -> List[Tuple[Workload, Target]]:
+    """Every (workload, target) pair to measure, in a stable order."""
+    return [(WORKLOADS[w], TARGETS[t]) for w in workloads for t in targets]
