@@ -57,17 +57,14 @@ class OutputEncoder:
         )
 
     def metadata(self) -> List[MetadataTensor]:
-        """The model's outputs as clients see them, configured classification included."""
-        tensors = []
-        for spec in self.specs:
-            classifier = self.classifier
-            if classifier is None or classifier.source != spec.name:
-                tensors.append(metadata_of(spec))
-                continue
-            if classifier.name != spec.name:
-                tensors.append(metadata_of(spec))
-            tensors.append(self._strings_metadata(classifier.name, spec))
-        return tensors
+        """The model's outputs as clients see them: what a request without `outputs` gets."""
+        specs = {spec.name: spec for spec in self.specs}
+        return [
+            self._strings_metadata(item.name, specs[item.source])
+            if item.top_k
+            else metadata_of(specs[item.source])
+            for item in self._default_plan()
+        ]
 
     def _default_plan(self) -> List[Planned]:
         plan = []
