@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple
 
@@ -32,6 +31,7 @@ _harness = _tests_server_module()
 MLServer = _harness.Server
 free_port = _harness.free_port
 terminate = _harness.terminate
+wait_until_ready = _harness.wait_until_ready
 
 
 def repo_env(**extra: str) -> Dict[str, str]:
@@ -113,17 +113,14 @@ class FastAPIServer:
         )
 
     def wait_ready(self, timeout: float = 60) -> "FastAPIServer":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"uvicorn not ready after {timeout}s:\n{self.log_path.read_text()}")
+        wait_until_ready(
+            self.process,
+            lambda: httpx.get(f"{self.url}/health").status_code == 200,
+            self.log_path.read_text,
+            "uvicorn",
+            timeout,
+        )
+        return self
 
     def stop(self) -> None:
         terminate(self.process)

@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import httpx
 
@@ -109,21 +109,16 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def _ready(self) -> bool:
+        if self.http.get("/v2/health/ready").status_code != 200:
+            return False
+        # Another server could hold a port we thought free: check it is ours.
+        assert self.http.get("/v2").json()["name"] == self.name
+        return True
+
     def wait_ready(self, timeout: float = 90) -> "Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlserver exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                ready = self.http.get("/v2/health/ready")
-                if ready.status_code == 200:
-                    # Another server could hold a port we thought free: check it is ours.
-                    assert self.http.get("/v2").json()["name"] == self.name
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"mlserver not ready after {timeout}s:\n{self.log()}")
+        wait_until_ready(self.process, self._ready, self.log, "mlserver", timeout)
+        return self
 
     @classmethod
     def start(
@@ -178,6 +173,27 @@ class Server:
         self.http.close()
         terminate(self.process)
         self._log.close()
+
+
+def wait_until_ready(
+    process: subprocess.Popen,
+    ready: Callable[[], bool],
+    log: Callable[[], str],
+    what: str,
+    timeout: float,
+) -> None:
+    """Poll `ready` until it says yes; fail with the log if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log()}")
+        try:
+            if ready():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready after {timeout}s:\n{log()}")
 
 
 def terminate(process: subprocess.Popen, timeout: float = 20) -> None:
