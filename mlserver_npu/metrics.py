@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 from mlserver.metrics import REGISTRY
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -20,7 +20,14 @@ RUNS = "mlserver_npu_session_runs"
 LABELS = ["model_name", "model_version", "session", "device"]
 
 
+_SERVED = False
+
+
 def _serve_mlserver_registry() -> None:
+    global _SERVED
+    if _SERVED:
+        return
+    _SERVED = True
     try:
         DEFAULT_REGISTRY.register(REGISTRY)
     except ValueError as error:  # a metric of the same name is there already
@@ -65,3 +72,70 @@ class SessionMetrics:
 
     def finished(self, session: int) -> None:
         self._in_flight[session].dec()
+
+
+STAGES = ("decode", "preprocess", "queue", "device", "postprocess", "encode")
+OUTCOMES = ("ok", "client_error", "server_error")
+MODEL_LABELS = ["model_name", "model_version"]
+# Seconds: a device run on an NPU is ~1 ms, decoding a large JSON body can take 100 ms.
+STAGE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def _model_metric(kind: type, name: str, documentation: str, labels: List[str], **kwargs):
+    """One metric in MLServer's registry, created on first use (a reload of this module, as
+    MLServer does on every model load, finds it there)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    _serve_mlserver_registry()
+    return kind(name, documentation, labelnames=labels, registry=REGISTRY, **kwargs)
+
+
+class ModelMetrics:
+    """Per-model metrics of the user-facing contract (README, "Metrics"):
+
+    - `mlserver_npu_stage_seconds{stage}`: time per request in each stage of STAGES;
+    - `mlserver_npu_batch_rows`: request rows per device run, padding excluded;
+    - `mlserver_npu_load_seconds`: download, compile and warm-up of one load;
+    - `mlserver_npu_requests_total{outcome}`: requests by outcome in OUTCOMES.
+
+    `model_version` is always a string ("" when the model has none), never "None".
+    """
+
+    def __init__(self, model_name: str, model_version: Optional[str]):
+        labels = (model_name, model_version or "")
+        stages = _model_metric(
+            Histogram, "mlserver_npu_stage_seconds",
+            "Seconds a request spends in one stage of the plugin",
+            MODEL_LABELS + ["stage"], buckets=STAGE_BUCKETS,
+        )
+        self._stages = {stage: stages.labels(*labels, stage) for stage in STAGES}
+        self._rows = _model_metric(
+            Histogram, "mlserver_npu_batch_rows",
+            "Request rows per device run (padding excluded)", MODEL_LABELS, buckets=ROW_BUCKETS,
+        ).labels(*labels)
+        self._load = _model_metric(
+            Histogram, "mlserver_npu_load_seconds",
+            "Seconds one model load took (download, compile, warm-up)", MODEL_LABELS,
+            buckets=LOAD_BUCKETS,
+        ).labels(*labels)
+        requests = _model_metric(
+            Counter, "mlserver_npu_requests", "Requests by outcome", MODEL_LABELS + ["outcome"]
+        )
+        self._requests = {outcome: requests.labels(*labels, outcome) for outcome in OUTCOMES}
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self._stages[stage].observe(seconds)
+
+    def rows(self, rows: int) -> None:
+        self._rows.observe(rows)
+
+    def load(self, seconds: float) -> None:
+        self._load.observe(seconds)
+
+    def request(self, outcome: str) -> None:
+        self._requests[outcome].inc()
