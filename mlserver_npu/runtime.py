@@ -55,7 +55,7 @@ class NPURuntime(MLModel):
         inputs = InputDecoder(
             self._pool.inputs,
             config.preprocess,
-            NPUEnvironment.from_env().max_image_pixels,
+            config.max_image_pixels or NPUEnvironment.from_env().max_image_pixels,
             declared=self.settings.inputs,
         )
         classifier = None

@@ -41,6 +41,10 @@ class NPUSettings(BaseModel):
         default_factory=dict, description="Backend options, validated by the backend."
     )
     sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    max_image_pixels: Optional[int] = Field(
+        None, ge=1, description="Largest image (width x height) this model decodes; default "
+        "MLSERVER_NPU_MAX_IMAGE_PIXELS."
+    )
     preprocess: Optional[PreprocessOps] = Field(
         None, description="Image preprocessing: a preset name or a list of ops."
     )

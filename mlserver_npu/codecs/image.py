@@ -1,5 +1,5 @@
-"""The `image` content type: a BYTES tensor of shape [N] holding one encoded image per batch
-element (JPEG, PNG, BMP, WebP, GIF, ...).
+"""The `image` content type: a BYTES tensor of shape [N] (or [N, 1], as Triton clients send)
+holding one encoded image per batch element (JPEG, PNG, BMP, WebP, GIF, ...).
 
 What arrives differs by protocol: REST JSON cannot carry raw bytes, so clients send base64
 strings (MLServer hands them over still encoded, or as a bare string for `"data": "..."`);
@@ -18,6 +18,9 @@ from mlserver.errors import InferenceError
 from mlserver.types import Parameters, RequestInput, ResponseOutput
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from ..errors import shorten
+from ..tensors import flatten
+
 CONTENT_TYPE = "image"
 
 # (width, height) of the upright image -> the smallest (width, height) the preprocessing
@@ -32,14 +35,11 @@ class ImageError(ValueError):
     """One payload is not a usable image; the message says why, without naming the input."""
 
 
-def _payloads(data: Any) -> List[Any]:
+def _payloads(data: Any, rank: int) -> List[Any]:
     """The request's data as a flat list: a bare `"data": "..."` is one image."""
     if isinstance(data, (str, bytes)):
         return [data]
-    flat: List[Any] = []
-    for item in data:
-        flat.extend(_payloads(item) if isinstance(item, list) else [item])
-    return flat
+    return flatten(data, rank)
 
 
 def _b64decode(text: Union[str, bytes]) -> bytes:
@@ -63,32 +63,41 @@ def payload_bytes(payload: Any) -> bytes:
     raise ImageError(f"expected a base64 string or bytes, got {type(payload).__name__}")
 
 
+def _open(data: bytes) -> Image.Image:
+    """Pillow's lazy open: the header is read, no pixel yet."""
+    if not data:
+        raise ImageError("empty payload")
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageError(str(error)) from None
+    except Exception as error:  # Pillow raises several kinds for unknown bytes
+        reason = "unknown format" if isinstance(error, UnidentifiedImageError) else error
+        raise ImageError(
+            f"not a decodable image ({reason}; {len(data)} bytes starting {data[:8]!r})"
+        ) from None
+
+
 def open_image(data: bytes, max_pixels: int, draft_size: Optional[DraftSize] = None) -> Image.Image:
     """Decode one encoded image, upright (EXIF orientation applied), first frame only.
 
     The pixel count is checked from the header, before any pixel is decoded. A JPEG is
     decoded at 1/2, 1/4 or 1/8 scale when `draft_size` says that is still large enough.
     """
-    if not data:
-        raise ImageError("empty payload")
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as error:
-        raise ImageError(str(error)) from None
-    except Exception as error:  # Pillow raises several kinds for unknown bytes
-        try:  # bytes that are base64 text, as MLServer's own base64 codec sends them
+        image = _open(data)
+    except ImageError as error:
+        try:  # bytes that are base64 text, as MLServer's own base64 codec sends them (once)
             decoded = _b64decode(data)
         except (binascii.Error, ValueError):
-            reason = "unknown format" if isinstance(error, UnidentifiedImageError) else error
-            raise ImageError(
-                f"not a decodable image ({reason}; {len(data)} bytes starting {data[:8]!r})"
-            ) from None
-        return open_image(decoded, max_pixels, draft_size)
+            raise error from None
+        image = _open(decoded)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(
             f"{width}x{height} image has {width * height} pixels, over the limit of "
-            f"{max_pixels} (MLSERVER_NPU_MAX_IMAGE_PIXELS)"
+            f"{max_pixels} (parameters.extra.max_image_pixels, by default "
+            "MLSERVER_NPU_MAX_IMAGE_PIXELS)"
         )
     if draft_size is not None and image.format == "JPEG":
         transposed = image.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED
@@ -107,31 +116,34 @@ def decode_images(
     request_input: RequestInput, max_pixels: int, draft_size: Optional[DraftSize] = None
 ) -> List[Image.Image]:
     """All images of one request input; a bad one is a 400 naming the input and its index."""
-    name = request_input.name
+    name = shorten(request_input.name)
     if request_input.datatype != "BYTES":
         raise InferenceError(
-            f"input '{name}': content type '{CONTENT_TYPE}' needs datatype BYTES "
+            f"input {name}: content type '{CONTENT_TYPE}' needs datatype BYTES "
             f"(encoded image files), got {request_input.datatype}"
         )
-    payloads = _payloads(request_input.data.root)
     shape = list(request_input.shape)
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise InferenceError(
-            f"input '{name}': images go in a tensor of shape [N] (one encoded image per batch "
-            f"element), got shape {shape}"
+            f"input {name}: images go in a tensor of shape [N] or [N, 1] (one encoded image "
+            f"per batch element), got shape {shorten(shape)}"
         )
+    try:
+        payloads = _payloads(request_input.data.root, len(shape))
+    except ValueError as error:
+        raise InferenceError(f"input {name}: {error}") from None
     if math.prod(shape) != len(payloads):
         raise InferenceError(
-            f"input '{name}': shape {shape} needs {math.prod(shape)} images, got {len(payloads)}"
+            f"input {name}: shape {shape} needs {math.prod(shape)} images, got {len(payloads)}"
         )
     if not payloads:
-        raise InferenceError(f"input '{name}': no images")
+        raise InferenceError(f"input {name}: no images")
     images = []
     for index, payload in enumerate(payloads):
         try:
             images.append(open_image(payload_bytes(payload), max_pixels, draft_size))
         except ImageError as error:
-            raise InferenceError(f"input '{name}', batch index {index}: {error}") from None
+            raise InferenceError(f"input {name}, batch index {index}: {error}") from None
     return images
 
 
@@ -190,9 +202,8 @@ class ImageCodec(InputCodec):
     @classmethod
     def decode_output(cls, response_output: ResponseOutput) -> List[Image.Image]:
         max_pixels = _max_pixels()
-        return [
-            open_image(payload_bytes(p), max_pixels) for p in _payloads(response_output.data.root)
-        ]
+        payloads = _payloads(response_output.data.root, len(response_output.shape))
+        return [open_image(payload_bytes(p), max_pixels) for p in payloads]
 
     @classmethod
     def encode_input(

@@ -10,7 +10,7 @@ from mlserver.types import MetadataTensor, Parameters, RequestInput
 
 from ..backends import TensorSpec
 from ..codecs.image import CONTENT_TYPE as IMAGE, decode_images
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, shorten
 from ..tensors import content_type_of, decode_input, decode_inputs, metadata_of
 from .preprocess import PreprocessError, Preprocessor
 
@@ -71,14 +71,14 @@ class InputDecoder:
         preprocessor = self._preprocessors[spec.name]
         if isinstance(preprocessor, ConfigurationError):
             raise InferenceError(
-                f"input '{request_input.name}' cannot take images: {preprocessor}"
+                f"input {shorten(request_input.name)} cannot take images: {preprocessor}"
             )
         images = decode_images(request_input, self._max_pixels, preprocessor.draft_size)
         try:
             return preprocessor(images)
         except PreprocessError as error:
             where = "" if error.index is None else f", batch index {error.index}"
-            raise InferenceError(f"input '{request_input.name}'{where}: {error}") from None
+            raise InferenceError(f"input {shorten(request_input.name)}{where}: {error}") from None
 
     async def decode(self, request_inputs: Sequence[RequestInput]) -> Dict[str, np.ndarray]:
         # Decoding images is CPU work that releases the GIL: keep it off the event loop.

@@ -14,6 +14,7 @@ from mlserver.types import MetadataTensor, RequestOutput, ResponseOutput
 
 from ..backends import TensorSpec
 from ..codecs.image import CONTENT_TYPE as IMAGE, ImageCodec
+from ..errors import shorten
 from ..tensors import content_type_of, encode_output, metadata_of, requested_outputs
 from .classification import Classifier, classify
 
@@ -33,8 +34,8 @@ def _class_count(request_output: RequestOutput) -> Optional[int]:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InferenceError(
-            f"output '{request_output.name}': parameters.classification must be a "
-            f"non-negative integer (the number of classes), got {value!r}"
+            f"output {shorten(request_output.name)}: parameters.classification must be a "
+            f"non-negative integer (the number of classes), got {shorten(value)}"
         )
     return value
 
@@ -98,7 +99,7 @@ class OutputEncoder:
             image = content_type == IMAGE or (content_type is None and name in self._images)
             if image and count:
                 raise InferenceError(
-                    f"output '{name}': cannot be both classification strings and images"
+                    f"output {shorten(name)}: cannot be both classification strings and images"
                 )
             plan.append(Planned(name, source, count or None, image))
         return plan

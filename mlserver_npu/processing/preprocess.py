@@ -327,7 +327,8 @@ class Preprocessor:
         if len(sizes) > 1:
             raise PreprocessError(
                 "the images differ in size after preprocessing ("
-                + ", ".join(f"{h}x{w}" for h, w in sizes)
+                + ", ".join(f"{h}x{w}" for h, w in sizes[:5])
+                + (", ..." if len(sizes) > 5 else "")
                 + "); add a resize op to parameters.extra.preprocess"
             )
         batch = np.stack(arrays)
