@@ -63,11 +63,18 @@ def two_frame_gif(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims a size its data does not have (a decompression bomb)."""
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int, rows: int = 0) -> bytes:
+    """A grayscale PNG whose header claims a size its data does not have (a decompression
+    bomb): one pixel of data, or `rows` real rows of that width."""
     tiny = encode(Image.new("L", (1, 1)), "PNG")
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return tiny[:16] + header + struct.pack(">I", zlib.crc32(b"IHDR" + header)) + tiny[33:]
+    header = tiny[:8] + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    if not rows:
+        return header + tiny[33:]
+    return header + _chunk(b"IDAT", zlib.compress(bytes(rows * (width + 1)))) + _chunk(b"IEND", b"")
 
 
 def upright(data: bytes, first_size: Optional[Callable[[int, int], Tuple[int, int]]] = None):

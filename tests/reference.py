@@ -5,6 +5,7 @@ from typing import Dict
 
 import numpy as np
 import onnxruntime as ort
+from onnx import helper
 
 from server import MODEL_REPOSITORY
 
@@ -52,3 +53,15 @@ def v2_input(name: str, array: np.ndarray) -> dict:
         "datatype": datatype[str(array.dtype)],
         "data": array.ravel().tolist(),
     }
+
+
+def identity_model(dtype, shape) -> bytes:
+    """An ONNX model whose output `y` is its input `x`: it shows the preprocessed tensor."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", dtype, shape)],
+        [helper.make_tensor_value_info("y", dtype, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()

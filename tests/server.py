@@ -60,6 +60,23 @@ def copy_model(
     return folder
 
 
+def write_model(folder, name, extra, uri="./model.onnx", model=None, declared=None, **top):
+    """A model folder `folder` with a model-settings.json (and `model` bytes as model.onnx);
+    `declared` maps "x-inputs" / "y-outputs" to the tensors model-settings.json lists."""
+    folder.mkdir()
+    settings = {
+        "name": name,
+        "implementation": "mlserver_npu.NPURuntime",
+        "parameters": {"uri": uri, "version": "1", "extra": extra},
+        **top,
+    }
+    for key, tensors in (declared or {}).items():
+        settings[key.split("-")[1]] = tensors
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    if model is not None:
+        (folder / "model.onnx").write_bytes(model)
+
+
 class Server:
     """One MLServer process that we started, reachable only through its own ports."""
 

@@ -11,30 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from onnx import TensorProto, helper
+from onnx import TensorProto
 from PIL import Image
 
 import images
 import reference
 from images import b64, encode, photo
-from reference import v2_input
-from server import REPO, Server, copy_repository, grpc_calls
+from reference import identity_model, v2_input
+from server import REPO, Server, copy_repository, grpc_calls, write_model
 
 MAX_PIXELS = 2_000_000
-
-
-
-
-def _identity(dtype, shape) -> bytes:
-    """An ONNX model whose output `y` is its input `x`: it shows the preprocessed tensor."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "identity",
-        [helper.make_tensor_value_info("x", dtype, shape)],
-        [helper.make_tensor_value_info("y", dtype, shape)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    return model.SerializeToString()
 
 
 OPS = [
@@ -62,21 +48,6 @@ IDENTITY_MODELS = {
 }
 
 
-def _write_model(folder, name, extra, uri="./model.onnx", model=None, declared=None, **top):
-    folder.mkdir()
-    settings = {
-        "name": name,
-        "implementation": "mlserver_npu.NPURuntime",
-        "parameters": {"uri": uri, "version": "1", "extra": extra},
-        **top,
-    }
-    for key, tensors in (declared or {}).items():
-        settings[key.split("-")[1]] = tensors
-    (folder / "model-settings.json").write_text(json.dumps(settings))
-    if model is not None:
-        (folder / "model.onnx").write_bytes(model)
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
@@ -84,7 +55,7 @@ def live(tmp_path_factory):
         root / "repo", models=["digits", "digits-image", "squeezenet", "squeezenet-image"]
     )
     for name, (dtype, shape, extra, declared) in IDENTITY_MODELS.items():
-        _write_model(repository / name, name, extra, model=_identity(dtype, shape), declared=declared)
+        write_model(repository / name, name, extra, model=identity_model(dtype, shape), declared=declared)
     running = Server.start(repository, root, env={"MLSERVER_NPU_MAX_IMAGE_PIXELS": str(MAX_PIXELS)})
     yield running
     running.stop()
@@ -317,7 +288,7 @@ def test_without_preprocess_images_take_the_models_shape_and_come_back_as_png(li
 def test_concurrent_image_requests_under_adaptive_batching_get_their_own_labels(live, held_out):
     files, _, _ = held_out
     name = "digits-image-batched"
-    _write_model(live.repository / name, name, _digits_extra(), uri="../digits/model.onnx",
+    write_model(live.repository / name, name, _digits_extra(), uri="../digits/model.onnx",
                  max_batch_size=8, max_batch_time=0.2)
     assert live.http.post(f"/v2/repository/models/{name}/load").status_code == 200
     batches = [files["PNG"][i : i + size] for i, size in ((0, 1), (10, 2), (20, 3))]
@@ -444,7 +415,7 @@ BROKEN = [
 def test_a_broken_image_configuration_fails_the_load(live, case):
     name, uri, extra, words = case
     folder = live.repository / name
-    _write_model(folder, name, extra, uri=uri)
+    write_model(folder, name, extra, uri=uri)
     (folder / "short.txt").write_text("".join(f"{i}\n" for i in range(5)))
     response = live.http.post(f"/v2/repository/models/{name}/load")
     assert response.status_code == 400, response.text

@@ -30,6 +30,11 @@ DraftSize = Callable[[Tuple[int, int]], Optional[Tuple[int, int]]]
 # EXIF orientations 5..8 store the image transposed (width and height swapped).
 _TRANSPOSED = {5, 6, 7, 8}
 
+# Deflate compresses at most 1032:1 and a PNG pixel takes at least one bit, so a PNG shorter
+# than width * height / 8 / 1032 bytes cannot be what its header says: it is refused before
+# Pillow allocates the claimed size (which it would fill with zeros past the data's end).
+_DEFLATE_MAX_RATIO = 1032
+
 
 class ImageError(ValueError):
     """One payload is not a usable image; the message says why, without naming the input."""
@@ -88,16 +93,21 @@ def open_image(data: bytes, max_pixels: int, draft_size: Optional[DraftSize] = N
         image = _open(data)
     except ImageError as error:
         try:  # bytes that are base64 text, as MLServer's own base64 codec sends them (once)
-            decoded = _b64decode(data)
+            data = _b64decode(data)
         except (binascii.Error, ValueError):
             raise error from None
-        image = _open(decoded)
+        image = _open(data)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(
             f"{width}x{height} image has {width * height} pixels, over the limit of "
             f"{max_pixels} (parameters.extra.max_image_pixels, by default "
             "MLSERVER_NPU_MAX_IMAGE_PIXELS)"
+        )
+    if image.format == "PNG" and len(data) * _DEFLATE_MAX_RATIO * 8 < width * height:
+        raise ImageError(
+            f"{len(data)} bytes of PNG data cannot hold the {width}x{height} pixels its header "
+            "claims"
         )
     if draft_size is not None and image.format == "JPEG":
         transposed = image.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED
