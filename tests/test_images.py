@@ -191,6 +191,28 @@ def test_any_output_can_be_classified_per_request(live):
     _check_classes(strings, reference.run("digits", feeds)["probabilities"], 4, labels=False)
 
 
+def test_postprocess_softmax_and_output_name(live):
+    """`softmax` ranks and prints softmax(scores); `output_name` returns the strings under that
+    name beside the raw scores."""
+    name = "digits-softmax"
+    postprocess = {"type": "classification", "top_k": 4, "labels": "../digits/labels.txt",
+                   "softmax": True, "output": "probabilities", "output_name": "classes"}
+    write_model(live.repository / name, name, {"postprocess": postprocess},
+                uri="../digits/model.onnx")
+    assert live.http.post(f"/v2/repository/models/{name}/load").status_code == 200
+    metadata = live.http.get(f"/v2/models/{name}").json()
+    assert [(o["name"], o["datatype"]) for o in metadata["outputs"]] == [
+        ("label", "INT64"), ("probabilities", "FP32"), ("classes", "BYTES")
+    ]
+    feeds = reference.sample_inputs("digits", 5)
+    outputs = _outputs(live.infer(name, [v2_input("input", feeds["input"])]))
+    scores = reference.run("digits", feeds)["probabilities"]
+    np.testing.assert_allclose(_array(outputs["probabilities"]), scores, rtol=1e-5, atol=1e-6)
+    exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+    _check_classes(np.array(outputs["classes"]["data"]).reshape(5, 4),
+                   exp / exp.sum(axis=1, keepdims=True), 4)
+
+
 def test_squeezenet_with_the_imagenet_preset(live):
     files = [encode(photo(320, 240, 3), "JPEG", quality=90), encode(photo(200, 260, 4), "PNG")]
     outputs = _outputs(live.infer("squeezenet-image", [_images_input(files, "data_0")]))
@@ -288,12 +310,16 @@ def test_without_preprocess_images_take_the_models_shape_and_come_back_as_png(li
 def test_concurrent_image_requests_under_adaptive_batching_get_their_own_labels(live, held_out):
     files, _, _ = held_out
     name = "digits-image-batched"
-    write_model(live.repository / name, name, _digits_extra(), uri="../digits/model.onnx",
-                 max_batch_size=8, max_batch_time=0.2)
-    assert live.http.post(f"/v2/repository/models/{name}/load").status_code == 200
     batches = [files["PNG"][i : i + size] for i, size in ((0, 1), (10, 2), (20, 3))]
+    # a batch leaves when all the requests are in (or after 2 s)
+    write_model(live.repository / name, name, _digits_extra(), uri="../digits/model.onnx",
+                max_batch_size=len(batches), max_batch_time=2)
+    assert live.http.post(f"/v2/repository/models/{name}/load").status_code == 200
+    runs = sum(live.session_runs(name).values())
     with ThreadPoolExecutor(len(batches)) as pool:
         responses = list(pool.map(lambda b: live.infer(name, [_images_input(b)]), batches))
+    # merged: fewer runs than requests
+    assert sum(live.session_runs(name).values()) - runs < len(batches)
     for batch, response in zip(batches, responses):
         outputs = _outputs(response)
         want = _expected_digits(batch)
@@ -360,6 +386,19 @@ def test_a_bad_image_request_is_400_naming_the_input(live, case):
     for word in words:
         assert word in message, (word, message)
     _digits_image_still_serves(live)
+
+
+def test_max_image_pixels_of_a_model_overrides_the_server_default(live):
+    """MLSERVER_NPU_MAX_IMAGE_PIXELS (MAX_PIXELS here) refuses BOMB from its header; a model
+    whose max_image_pixels is higher reads on, and finds the data too short for the header."""
+    name = "digits-image-3mp"
+    write_model(live.repository / name, name, _digits_extra(max_image_pixels=3_000_000),
+                uri="../digits/model.onnx")
+    assert live.http.post(f"/v2/repository/models/{name}/load").status_code == 200
+    response = live.infer(name, [_images_input([BOMB])])
+    assert response.status_code == 400, response.text
+    assert "cannot hold the 2000x1001 pixels its header claims" in response.json()["error"]
+    assert "over the limit" in live.infer("digits-image", [_images_input([BOMB])]).text
 
 
 def test_bad_images_over_grpc_are_invalid_argument(live):
