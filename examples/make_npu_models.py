@@ -1,7 +1,8 @@
 """Regenerate the NPU-style example models from the committed digits models.
 
-Run as ``python examples/make_npu_models.py`` after ``examples/make_models.py``. The output is
-deterministic and committed, like the other example models.
+Run as ``python examples/make_npu_models.py`` after ``examples/make_models.py`` (with the same
+``--root DIR`` to write under DIR instead of this repository). The output is deterministic and
+committed, like the other example models.
 
 NPU compilers and TFLite exports fix every shape, the batch included, and NPUs favour
 quantized integer models. These models show how mlserver-npu serves such files:
@@ -18,6 +19,7 @@ quantized integer models. These models show how mlserver-npu serves such files:
 The TFLite models need LiteRT (``pip install 'mlserver-npu[tflite]'``), so they live in their
 own repository folder: the default ``model-repository`` must load without optional extras.
 """
+import argparse
 import json
 import os
 
@@ -247,6 +249,12 @@ Produced by `python examples/make_npu_models.py`.
 
 
 def main():
+    global ROOT, MODELS, TFLITE_REPO
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--root", default=ROOT, help="read and write under this folder")
+    ROOT = os.path.abspath(parser.parse_args().root)
+    MODELS = os.path.join(ROOT, "model-repository")
+    TFLITE_REPO = os.path.join(ROOT, "examples", "tflite-repository")
     make_digits_b4()
     graph = onnx.load(os.path.join(MODELS, "digits-temperature", "model.onnx")).graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
