@@ -465,11 +465,16 @@ Produced by `python examples/make_models.py`.
 """)
 
 
+def parse_root(doc):
+    """The folder given by --root (default: this repository), for every generator script."""
+    parser = argparse.ArgumentParser(description=doc.partition("\n")[0])
+    parser.add_argument("--root", default=ROOT, help="read and write under this folder")
+    return os.path.abspath(parser.parse_args().root)
+
+
 def main():
     global ROOT, REPO, IMAGES
-    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--root", default=ROOT, help="write under this folder (default: the repository)")
-    ROOT = os.path.abspath(parser.parse_args().root)
+    ROOT = parse_root(__doc__)
     REPO = os.path.join(ROOT, "model-repository")
     IMAGES = os.path.join(ROOT, "examples", "images")
     clf, x_test, y_test = train_digits()

@@ -19,7 +19,6 @@ quantized integer models. These models show how mlserver-npu serves such files:
 The TFLite models need LiteRT (``pip install 'mlserver-npu[tflite]'``), so they live in their
 own repository folder: the default ``model-repository`` must load without optional extras.
 """
-import argparse
 import json
 import os
 
@@ -30,6 +29,8 @@ from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter
 from onnx import numpy_helper
 from sklearn.datasets import load_digits
+
+from make_models import parse_root  # examples/ is on sys.path when this script runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(ROOT, "model-repository")
@@ -250,9 +251,7 @@ Produced by `python examples/make_npu_models.py`.
 
 def main():
     global ROOT, MODELS, TFLITE_REPO
-    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--root", default=ROOT, help="read and write under this folder")
-    ROOT = os.path.abspath(parser.parse_args().root)
+    ROOT = parse_root(__doc__)
     MODELS = os.path.join(ROOT, "model-repository")
     TFLITE_REPO = os.path.join(ROOT, "examples", "tflite-repository")
     make_digits_b4()
