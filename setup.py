@@ -38,7 +38,8 @@ setup(
             "pytest>=8",
             "tritonclient[http,grpc]>=2.40",
             "onnx>=1.15",
-            "scikit-learn>=1.3",
+            "scikit-learn>=1.6",  # multinomial newton-cholesky (examples/make_models.py)
+            "threadpoolctl>=3.1",
             "skl2onnx>=1.16",
             "moto[server]>=5.0",
             # TFLite serving tests, and examples/make_npu_models.py's flatbuffer schema

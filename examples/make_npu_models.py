@@ -1,7 +1,8 @@
 """Regenerate the NPU-style example models from the committed digits models.
 
-Run as ``python examples/make_npu_models.py`` after ``examples/make_models.py``. The output is
-deterministic and committed, like the other example models.
+Run as ``python examples/make_npu_models.py`` after ``examples/make_models.py`` (with the same
+``--root DIR`` to write under DIR instead of this repository). The output is deterministic and
+committed, like the other example models.
 
 NPU compilers and TFLite exports fix every shape, the batch included, and NPUs favour
 quantized integer models. These models show how mlserver-npu serves such files:
@@ -28,6 +29,8 @@ from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter
 from onnx import numpy_helper
 from sklearn.datasets import load_digits
+
+from make_models import parse_root  # examples/ is on sys.path when this script runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = os.path.join(ROOT, "model-repository")
@@ -247,6 +250,10 @@ Produced by `python examples/make_npu_models.py`.
 
 
 def main():
+    global ROOT, MODELS, TFLITE_REPO
+    ROOT = parse_root(__doc__)
+    MODELS = os.path.join(ROOT, "model-repository")
+    TFLITE_REPO = os.path.join(ROOT, "examples", "tflite-repository")
     make_digits_b4()
     graph = onnx.load(os.path.join(MODELS, "digits-temperature", "model.onnx")).graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

@@ -25,6 +25,7 @@ from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
 from .settings import NPUEnvironment, NPUSettings, describe_validation_error
 from .sources import SourceError, resolve_model
+from .sources.redact import redact_text
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -32,14 +33,33 @@ logger = logging.getLogger("mlserver.npu")
 class NPURuntime(MLModel):
     async def load(self) -> bool:
         try:
-            config = self._parse_settings()
-            self._pool = await self._open_pool(config)
-        except (BackendError, SourceError) as error:
-            raise ModelLoadError(self.name, str(error)) from error
+            await self._load()
+        except ModelLoadError as error:
+            # MLServer itself logs only "Couldn't load model 'x'" at INFO: the reason goes here.
+            logger.error("%s", redact_text(str(error)))
+            raise
+        except Exception as error:
+            logger.error(
+                "Model '%s' could not be loaded: %s",
+                self.name, redact_text(f"{type(error).__name__}: {error}"),
+            )
+            logger.debug("Traceback of the failed load of '%s'", self.name, exc_info=True)
+            raise
+        return True
+
+    async def _load(self) -> None:
+        config = self._parse_settings()
         try:
-            self._inputs, self._outputs = self._processing(config)
-        except ConfigurationError as error:
-            await self._pool.close()
+            # The cache keeps a new download only if the whole load succeeds.
+            async with resolve_model(self.settings, config.sha256) as source:
+                self._model_path, self._sha256 = source.path, source.sha256
+                self._pool = await self._open_pool(config)
+                try:
+                    self._inputs, self._outputs = self._processing(config)
+                except ConfigurationError:
+                    await self._pool.close()
+                    raise
+        except (BackendError, SourceError, ConfigurationError) as error:
             raise ModelLoadError(self.name, str(error)) from error
         if not self.settings.inputs:
             self.inputs = self._inputs.metadata()
@@ -49,7 +69,6 @@ class NPURuntime(MLModel):
             "Model '%s': %s (sha256 %s) on %s",
             self.name, self._model_path.name, self._sha256, ", ".join(self._pool.devices),
         )
-        return True
 
     def _processing(self, config: NPUSettings) -> Tuple[InputDecoder, OutputEncoder]:
         inputs = InputDecoder(
@@ -77,8 +96,6 @@ class NPURuntime(MLModel):
             ) from None
 
     async def _open_pool(self, config: NPUSettings) -> SessionPool:
-        source = await resolve_model(self.settings, config.sha256)
-        self._model_path, self._sha256 = source.path, source.sha256
         self._backend = config.backend_for(self._model_path)
         backend = get_backend(self._backend)
         try:

@@ -39,7 +39,11 @@ def content_type_of(parameters: Optional[Parameters]) -> Optional[str]:
 
 
 def metadata_of(spec: TensorSpec) -> MetadataTensor:
-    return MetadataTensor(name=spec.name, datatype=datatype_of(spec.dtype), shape=spec.v2_shape)
+    parameters = Parameters(**spec.quantization.parameters()) if spec.quantization else None
+    return MetadataTensor(
+        name=spec.name, datatype=datatype_of(spec.dtype), shape=spec.v2_shape,
+        parameters=parameters,
+    )
 
 
 # struct codes (standard sizes, native byte order, as numpy's) of the numeric dtypes; the

@@ -214,6 +214,18 @@ def cache_entries(cache_dir: Path) -> List[str]:
     return sorted(entries)
 
 
+def cache_files(cache_dir: Path) -> Dict[str, str]:
+    """Every file of the cache's entries and staging folder -> its sha256 (lock files, which
+    only coordinate loads, do not count)."""
+    if not cache_dir.exists():
+        return {}
+    return {
+        path.relative_to(cache_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(cache_dir.rglob("*"))
+        if path.is_file() and not path.relative_to(cache_dir).as_posix().startswith(".locks/")
+    }
+
+
 def external_data_model(folder: Path) -> Path:
     """digits-temperature with its weights in a side file, as torch's exporter writes them."""
     folder.mkdir(parents=True)

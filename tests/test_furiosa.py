@@ -84,11 +84,20 @@ def test_compile_options_and_devices_reach_the_runtime(npu):
         assert event["model"] == "model.onnx"
 
 
+def _given_rows(event, name="input"):
+    given = event["inputs"][name]
+    assert given["dtype"] == "float32"
+    return np.array(given["data"], np.float32).reshape(given["shape"])
+
+
 def test_inference_matches_onnxruntime_over_rest_and_grpc(npu):
     mark = _mark(npu)
     _infer_digits(npu, "digits-warboy", batch=5)
-    # 5 rows on a batch-4 NPU model: two runs, the second one padded
-    assert [e["rows"] for e in _events(npu, "run", since=mark)] == [4, 4]
+    # 5 rows on a batch-4 NPU model: two runs of 4, the second padded by repeating its last row
+    first, second = (_given_rows(e) for e in _events(npu, "run", since=mark))
+    pixels = reference.digits(5)
+    np.testing.assert_array_equal(first, pixels[:4])
+    np.testing.assert_array_equal(second, np.repeat(pixels[4:], 4, axis=0))
 
     pixels = reference.digits(3, offset=200)
     [result] = grpc_calls(npu.grpc_target, [
@@ -101,8 +110,11 @@ def test_a_batch_spreads_over_the_devices(npu):
     mark = _mark(npu)
     before = npu.session_runs("digits-warboy")
     _infer_digits(npu, "digits-warboy", batch=16, offset=50)
-    runs = [e["device"] for e in _events(npu, "run", since=mark)]
-    assert sorted(runs) == ["npu:0:0"] * 2 + ["npu:0:1"] * 2
+    events = _events(npu, "run", since=mark)
+    assert sorted(e["device"] for e in events) == ["npu:0:0"] * 2 + ["npu:0:1"] * 2
+    # each run got 4 of the request's rows, and together all 16, each once
+    given = sorted(map(tuple, np.concatenate([_given_rows(e) for e in events]).tolist()))
+    assert given == sorted(map(tuple, reference.digits(16, offset=50).tolist()))
     after = npu.session_runs("digits-warboy")
     assert {s: after[s] - before[s] for s in after} == {"0": 2, "1": 2}
 
@@ -172,7 +184,16 @@ def test_a_bad_npu_configuration_fails_its_load_with_a_reason(npu, case):
 
 
 def test_a_failed_load_leaves_no_device_taken(npu):
-    """After the broken loads above, npu:1:0 is free: a model opens on it."""
+    """A load whose first runner opens on npu:1:0 and whose second finds npu:0:0 busy (the
+    example holds it) closes the first: npu:1:0 is free again and a model opens on it."""
+    mark = _mark(npu)
+    copy_model(MODEL_REPOSITORY / "digits", npu.repository, "half-opened",
+               {"device": "npu:1:0,npu:0:0", "options": {}})
+    response = npu.http.post("/v2/repository/models/half-opened/load")
+    assert response.status_code == 400 and "busy" in response.json()["error"], response.text
+    opened = [e["runner"] for e in _events(npu, "create_runner", since=mark)]
+    assert [e["device"] for e in _events(npu, "create_runner", since=mark)] == ["npu:1:0"]
+    assert [e["runner"] for e in _events(npu, "close", since=mark)] == opened
     copy_model(MODEL_REPOSITORY / "digits", npu.repository, "on-free-pe",
                {"device": "npu:1:0", "options": {}})
     response = npu.http.post("/v2/repository/models/on-free-pe/load")

@@ -17,6 +17,7 @@ from remote_stores import (
     S3Store,
     archive,
     cache_entries,
+    cache_files,
     external_data_model,
 )
 from server import MODEL_REPOSITORY, Server, copy_repository
@@ -163,3 +164,68 @@ def test_a_restarted_server_loads_from_the_cache(live, stores, make_server, tmp_
     _infer_digits(restarted, "after-restart")
     assert files.downloads["/restart/digits.onnx"] == 1
     assert files.requests["/restart/digits.onnx"] == 2  # the second one answered 304
+
+
+def _error_lines(server, name):
+    return [
+        line for line in server.log().splitlines()
+        if " ERROR " in f" {line} " and f"Model '{name}' could not be loaded" in line
+    ]
+
+
+def test_a_downloaded_file_that_fails_to_load_leaves_the_cache_as_it_was(live, stores):
+    files, _ = stores
+    before = cache_files(live.cache)
+    uri = files.put("/docs/README.md", b"# not a model\n" * 20)
+    response = _load(live, "not-onnx", uri)
+    assert response.status_code == 400, response.text
+    assert files.downloads["/docs/README.md"] == 1  # it was downloaded, then refused
+    assert cache_files(live.cache) == before
+    assert not (live.cache / Cache.key(uri)).exists()
+    # the reason is in the server log at ERROR, with the model's name
+    (line,) = _error_lines(live, "not-onnx")
+    assert response.json()["error"] in line
+    _infer_digits(live)
+
+
+def test_a_refused_load_never_removes_the_entry_another_model_uses(live, stores):
+    files, _ = stores
+    uri = files.put("/shared/digits.onnx", DIGITS)
+    assert _load(live, "shared-first", uri).status_code == 200
+    before = cache_files(live.cache)
+    entry = Cache.key(uri)
+    assert hashlib.sha256(DIGITS).hexdigest() in {
+        digest for name, digest in before.items() if name.startswith(f"{entry}/")
+    }
+    # the same URI pinned to a wrong digest: refused, and the first model's entry is intact
+    response = _load(live, "shared-wrong-pin", uri, {"sha256": "1" * 64})
+    assert response.status_code == 400, response.text
+    assert "sha256 mismatch" in response.json()["error"]
+    assert cache_files(live.cache) == before
+    # a changed file on the server whose load fails restores the first model's entry too
+    files.put("/shared/digits.onnx", b"\x08\x01garbage")
+    assert _load(live, "shared-broken", uri).status_code == 400
+    assert cache_files(live.cache) == before
+    _infer_digits(live, "shared-first")
+    for name in ("shared-wrong-pin", "shared-broken"):
+        assert len(_error_lines(live, name)) == 1, live.log()
+    files.put("/shared/digits.onnx", DIGITS)
+
+
+def test_a_failure_at_start_up_is_logged_at_error_with_the_reason(stores, make_server, tmp_path):
+    files, s3 = stores
+    secret_uri = files.base.replace("http://", f"http://bob:{SECRET}@") + "/startup/absent.onnx"
+    repository = copy_repository(tmp_path / "repo", models=[])
+    folder = repository / "broken-at-start"
+    folder.mkdir()
+    (folder / "model-settings.json").write_text(
+        json.dumps(_settings("broken-at-start", uri=secret_uri))
+    )
+    server = Server(repository, tmp_path, env=_environment(s3, tmp_path / "cache"))
+    try:
+        server.process.wait(timeout=120)  # MLServer stops when a model fails at start-up
+        (line,) = _error_lines(server, "broken-at-start")
+        assert "HTTP 404" in line and "http://***@" in line
+        assert SECRET not in server.log()
+    finally:
+        server.stop()

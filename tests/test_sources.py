@@ -26,6 +26,7 @@ from remote_stores import (
     S3Store,
     archive,
     cache_entries,
+    cache_files,
     external_data_model,
 )
 from server import MODEL_REPOSITORY, REPO, free_port
@@ -72,11 +73,17 @@ def settings(cache):
     )
 
 
+def _model_settings(uri):
+    return ModelSettings(name="m", implementation="mlserver_npu.NPURuntime", parameters={"uri": uri})
+
+
+async def _resolve(uri, settings, pin=None):
+    async with resolve_model(_model_settings(uri), pin, settings) as source:
+        return source
+
+
 def resolve(uri, settings, pin=None):
-    model_settings = ModelSettings(
-        name="m", implementation="mlserver_npu.NPURuntime", parameters={"uri": uri}
-    )
-    return asyncio.run(resolve_model(model_settings, pin, settings))
+    return asyncio.run(_resolve(uri, settings, pin))
 
 
 def fails(uri, settings, pin=None) -> str:
@@ -128,11 +135,41 @@ def test_sha256_mismatch_refuses_the_file_and_keeps_nothing(files, settings, cac
     message = fails(uri, settings, pin=wrong)
     assert "sha256 mismatch" in message and wrong in message and DIGITS_SHA in message
     assert cache_entries(cache) == []
-    # an entry cached before the pin was set is dropped too
+    # an entry cached before (another model's, unpinned) stays as it was
     resolve(uri, settings)
-    assert len(cache_entries(cache)) == 1
+    before = cache_files(cache)
+    assert len(before) == 2  # the model and meta.json
     assert DIGITS_SHA in fails(uri, settings, pin=wrong)
-    assert cache_entries(cache) == []
+    assert cache_files(cache) == before
+    assert resolve(uri, settings).how == "revalidated"
+
+
+class LoadFailed(Exception):
+    pass
+
+
+async def _fail_inside(uri, settings, pin=None):
+    with pytest.raises(LoadFailed):
+        async with resolve_model(_model_settings(uri), pin, settings) as source:
+            assert source.how == "downloaded"
+            raise LoadFailed()
+
+
+def test_a_load_that_fails_after_the_download_leaves_the_cache_as_it_was(files, settings, cache):
+    uri = files.put("/fails.onnx", DIGITS)
+    asyncio.run(_fail_inside(uri, settings))
+    assert cache_files(cache) == {}
+    # a working entry, then a changed file on the server whose load fails: the old entry stays
+    first = resolve(uri, settings)
+    before = cache_files(cache)
+    files.put("/fails.onnx", DIGITS + b"changed")
+    asyncio.run(_fail_inside(uri, settings))
+    assert cache_files(cache) == before
+    assert files.downloads["/fails.onnx"] == 3
+    # the restored entry still revalidates against the server (its ETag is the old file's)
+    files.put("/fails.onnx", DIGITS)
+    again = resolve(uri, settings)
+    assert (again.how, again.path) == ("revalidated", first.path)
 
 
 def test_a_transient_failure_falls_back_to_the_cached_copy(files, settings):
@@ -215,10 +252,7 @@ def test_concurrent_loads_download_once(files, settings):
     files.chunk_delay["/shared.onnx"] = 0.05
 
     async def three():
-        model_settings = ModelSettings(
-            name="m", implementation="mlserver_npu.NPURuntime", parameters={"uri": uri}
-        )
-        return await asyncio.gather(*(resolve_model(model_settings, None, settings) for _ in range(3)))
+        return await asyncio.gather(*(_resolve(uri, settings) for _ in range(3)))
 
     sources = asyncio.run(three())
     assert {s.path for s in sources} == {sources[0].path}
@@ -234,8 +268,10 @@ from mlserver_npu.settings import NPUEnvironment
 from mlserver_npu.sources import resolve_model
 settings = ModelSettings(name="m", implementation="mlserver_npu.NPURuntime",
                          parameters={"uri": sys.argv[1]})
-source = asyncio.run(resolve_model(settings, None, NPUEnvironment(cache_dir=sys.argv[2])))
-print(source.how, source.sha256)
+async def main():
+    async with resolve_model(settings, None, NPUEnvironment(cache_dir=sys.argv[2])) as source:
+        print(source.how, source.sha256)
+asyncio.run(main())
 """
 
 

@@ -11,7 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 import reference
 from reference import v2_input
-from server import TFLITE_REPOSITORY, Server, grpc_calls
+from server import TFLITE_REPOSITORY, Server, copy_model, grpc_calls
 
 
 def litert(model: str, pixels: np.ndarray) -> dict:
@@ -32,6 +32,8 @@ def litert(model: str, pixels: np.ndarray) -> dict:
 def tflite(tmp_path_factory):
     root = tmp_path_factory.mktemp("tflite")
     repository = shutil.copytree(TFLITE_REPOSITORY, root / "repository")
+    copy_model(TFLITE_REPOSITORY / "digits-uint8", repository, "digits-uint8-real",
+               {"options": {"num_threads": 1, "dequantize_outputs": True}})
     running = Server(Path(repository), root).wait_ready()
     yield running
     running.stop()
@@ -99,3 +101,50 @@ def test_wrong_datatype_for_a_quantized_model_is_400(tflite):
     assert response.status_code == 400
     assert "expected datatype UINT8, got FP32" in response.json()["error"]
 
+
+
+def _quantization(model: str) -> dict:
+    """LiteRT's own (scale, zero point) of each quantized input and output of `model`."""
+    interpreter = Interpreter(model_path=str(TFLITE_REPOSITORY / model / "model.tflite"))
+    details = interpreter.get_input_details() + interpreter.get_output_details()
+    return {
+        d["name"]: (float(d["quantization_parameters"]["scales"][0]),
+                    int(d["quantization_parameters"]["zero_points"][0]))
+        for d in details if len(d["quantization_parameters"]["scales"])
+    }
+
+
+def _tensor_parameters(metadata: dict) -> dict:
+    return {
+        t["name"]: (t["parameters"]["scale"], t["parameters"]["zero_point"])
+        for t in metadata["inputs"] + metadata["outputs"]
+        if "scale" in (t.get("parameters") or {})
+    }
+
+
+def test_metadata_shows_the_scale_and_zero_point_of_quantized_tensors(tflite):
+    quantization = _quantization("digits-uint8")
+    assert set(quantization) == {"input", "probabilities"}
+    metadata = tflite.http.get("/v2/models/digits-uint8").json()
+    assert _tensor_parameters(metadata) == quantization
+    # a float model has none
+    assert _tensor_parameters(tflite.http.get("/v2/models/digits-tflite").json()) == {}
+
+
+def test_dequantize_outputs_returns_real_values_as_fp32(tflite):
+    metadata = tflite.http.get("/v2/models/digits-uint8-real").json()
+    assert [(t["name"], t["datatype"]) for t in metadata["outputs"]] == [
+        ("label", "INT64"), ("probabilities", "FP32")]
+    # the input stays quantized: clients still send UINT8, and see its scale
+    assert _tensor_parameters(metadata) == {"input": _quantization("digits-uint8")["input"]}
+
+    pixels = reference.digits(5, offset=600).astype(np.uint8)
+    want = litert("digits-uint8", pixels)
+    scale, zero_point = _quantization("digits-uint8")["probabilities"]
+    real = (want["probabilities"].astype(np.float32) - zero_point) * np.float32(scale)
+    outputs = _outputs(tflite.infer("digits-uint8-real", [v2_input("input", pixels)]))
+    assert outputs["label"]["data"] == want["label"].tolist()
+    assert outputs["probabilities"]["datatype"] == "FP32"
+    got = np.array(outputs["probabilities"]["data"], np.float32).reshape(5, 10)
+    np.testing.assert_array_equal(got, real)
+    assert np.all(np.abs(got.sum(axis=1) - 1) < 0.05)  # probabilities, not 0..255 integers

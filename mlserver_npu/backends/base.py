@@ -11,12 +11,39 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How a quantized tensor maps to real values: real = scale * (q - zero_point), one pair
+    per tensor, or one per index of axis `axis` (per-channel)."""
+
+    scale: Sequence[float]
+    zero_point: Sequence[int]
+    axis: int = 0
+
+    def parameters(self) -> Dict[str, Any]:
+        """The tensor parameters the model metadata shows."""
+        if len(self.scale) == 1:
+            return {"scale": self.scale[0], "zero_point": self.zero_point[0]}
+        return {"scale": list(self.scale), "zero_point": list(self.zero_point),
+                "quantized_dimension": self.axis}
+
+    def dequantize(self, array: np.ndarray) -> np.ndarray:
+        shape = [1] * array.ndim
+        if len(self.scale) > 1:
+            shape[self.axis] = len(self.scale)
+        scale = np.asarray(self.scale, np.float32).reshape(shape)
+        zero_point = np.asarray(self.zero_point, np.float32).reshape(shape)
+        return (array.astype(np.float32) - zero_point) * scale
+
+
+@dataclass(frozen=True)
 class TensorSpec:
-    """A model input or output: name, numpy dtype, shape with None for dynamic dims."""
+    """A model input or output: name, numpy dtype, shape with None for dynamic dims, and the
+    quantization parameters of a quantized tensor."""
 
     name: str
     dtype: np.dtype
     shape: Sequence[Optional[int]]
+    quantization: Optional[Quantization] = None
 
     @property
     def v2_shape(self) -> List[int]:

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import BackendError, InvalidInput, TensorSpec
+from .base import BackendError, InvalidInput, Quantization, TensorSpec
 
 try:
     from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -30,29 +30,56 @@ class Options(BaseModel):
         None, description="external delegate library, e.g. 'libedgetpu.so.1'"
     )
     delegate_options: Dict[str, str] = Field(default_factory=dict)
+    dequantize_outputs: bool = Field(
+        False, description="return quantized outputs as float32 real values"
+    )
 
 
-def _specs(details: List[Dict[str, Any]]) -> List[TensorSpec]:
+def _quantization(detail: Dict[str, Any]) -> Optional[Quantization]:
+    parameters = detail["quantization_parameters"]
+    if not len(parameters["scales"]):
+        return None
+    return Quantization(
+        scale=tuple(float(scale) for scale in parameters["scales"]),
+        zero_point=tuple(int(zero) for zero in parameters["zero_points"]),
+        axis=int(parameters["quantized_dimension"]),
+    )
+
+
+def _spec(detail: Dict[str, Any]) -> TensorSpec:
     # shape_signature keeps -1 for dynamic dimensions; shape is the current allocation.
-    return [
-        TensorSpec(
-            name=detail["name"],
-            dtype=np.dtype(detail["dtype"]),
-            shape=[None if dim < 0 else int(dim) for dim in detail["shape_signature"]],
-        )
-        for detail in details
-    ]
+    return TensorSpec(
+        name=detail["name"],
+        dtype=np.dtype(detail["dtype"]),
+        shape=[None if dim < 0 else int(dim) for dim in detail["shape_signature"]],
+        quantization=_quantization(detail),
+    )
+
+
+def _dequantized(spec: TensorSpec) -> TensorSpec:
+    if spec.quantization is None:
+        return spec
+    return TensorSpec(spec.name, np.dtype(np.float32), spec.shape)
 
 
 class TFLiteSession:
-    def __init__(self, interpreter: Interpreter, device: str):
+    def __init__(self, interpreter: Interpreter, device: str, dequantize_outputs: bool = False):
         self._interpreter = interpreter
         self.device = device
         self.warnings: List[str] = []
         self._input_details = interpreter.get_input_details()
         self._output_details = interpreter.get_output_details()
-        self.inputs = _specs(self._input_details)
-        self.outputs = _specs(self._output_details)
+        self.inputs = [_spec(detail) for detail in self._input_details]
+        model_outputs = [_spec(detail) for detail in self._output_details]
+        # output name -> how to turn its integers into real values, when asked to
+        self._dequantize = {
+            spec.name: spec.quantization
+            for spec in model_outputs
+            if dequantize_outputs and spec.quantization is not None
+        }
+        self.outputs = [
+            _dequantized(spec) if spec.name in self._dequantize else spec for spec in model_outputs
+        ]
         self._allocated = {d["name"]: tuple(d["shape"]) for d in self._input_details}
         # One interpreter holds one set of tensors: runs on it must not overlap.
         self._lock = asyncio.Lock()
@@ -72,8 +99,12 @@ class TFLiteSession:
         for detail in self._input_details:
             interpreter.set_tensor(detail["index"], feeds[detail["name"]])
         interpreter.invoke()
-        return {detail["name"]: interpreter.get_tensor(detail["index"])
-                for detail in self._output_details}
+        results = {}
+        for detail in self._output_details:
+            array = interpreter.get_tensor(detail["index"])
+            quantization = self._dequantize.get(detail["name"])
+            results[detail["name"]] = quantization.dequantize(array) if quantization else array
+        return results
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         async with self._lock:
@@ -111,7 +142,7 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> TFLiteSe
         interpreter.allocate_tensors()
     except Exception as error:  # ValueError for a file that is not a TFLite flatbuffer
         raise BackendError(f"LiteRT cannot open '{model_path.name}': {error}") from error
-    return TFLiteSession(interpreter, label)
+    return TFLiteSession(interpreter, label, options.dequantize_outputs)
 
 
 class TFLiteBackend:

@@ -1,8 +1,9 @@
 """`parameters.uri` -> a local model file: local paths and file://, http(s):// and s3:// with
 a verified download cache. `resolve_model` is the only entry point the runtime needs."""
 import asyncio
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Optional
+from typing import AsyncIterator, Optional
 
 from mlserver.settings import ModelSettings
 from mlserver.utils import to_absolute_path
@@ -15,10 +16,13 @@ from .remote import SCHEMES, fetch
 __all__ = ["ModelSource", "SourceError", "resolve_model"]
 
 
+@asynccontextmanager
 async def resolve_model(
     settings: ModelSettings, sha256: Optional[str] = None, sources: Optional[NPUEnvironment] = None
-) -> ModelSource:
-    """The model file `parameters.uri` names, checked against the `sha256` pin if given.
+) -> AsyncIterator[ModelSource]:
+    """`async with resolve_model(...) as source`: the model file `parameters.uri` names,
+    checked against the `sha256` pin if given. Load the model inside the block: if the block
+    raises, what was downloaded for it leaves the cache, which is then as it was before.
 
     Without a `uri`, the folder of model-settings.json is searched; relative paths resolve
     against it. `sources` defaults to the MLSERVER_NPU_* environment.
@@ -26,7 +30,8 @@ async def resolve_model(
     uri = (settings.parameters.uri if settings.parameters else None) or "."
     pin = sha256.lower() if sha256 else None
     if "://" not in uri or uri.startswith("file://"):
-        return await _local(settings, uri.removeprefix("file://"), pin)
+        yield await _local(settings, uri.removeprefix("file://"), pin)
+        return
     scheme = uri.partition("://")[0].lower()
     if scheme not in SCHEMES:
         raise SourceError(
@@ -38,7 +43,8 @@ async def resolve_model(
         sources = sources or NPUEnvironment.from_env()
     except ValueError as error:
         raise SourceError(str(error)) from None
-    return await fetch(uri, pin, sources)
+    async with fetch(uri, pin, sources) as source:
+        yield source
 
 
 async def _local(settings: ModelSettings, uri: str, pin: Optional[str]) -> ModelSource:

@@ -1,6 +1,7 @@
 """The download cache: one folder per URI (named by the URI's sha256), built in a staging
 folder and renamed into place only once complete and verified, so an interrupted download
-never leaves an entry that a later load would use.
+never leaves an entry that a later load would use. A new entry is undone (the one it replaced
+restored) when the load that fetched it fails: a failed load leaves the cache as it was.
 
     <cache>/<key>/meta.json        what was fetched (redacted URI, sha256, ETag, ...)
     <cache>/<key>/<file or folder> the model file, or the unpacked archive
@@ -117,23 +118,28 @@ class Cache:
         folder.mkdir()
         return folder
 
-    def commit(self, uri: str, staging: Path, entry: Entry) -> Path:
-        """Move a complete, verified staging folder into place; returns the model file."""
+    def commit(self, uri: str, staging: Path, entry: Entry) -> Tuple[Path, Optional[Path]]:
+        """Move a complete, verified staging folder into place. Returns the model file and the
+        entry it replaced, set aside for `restore` (if the load fails) or `forget`."""
         entry.fetched_at = time.time()
         (staging / META).write_text(entry.model_dump_json(indent=2))
         final = self.root / self.key(uri)
-        old = None
+        previous = None
         if final.exists():
-            old = self.staging_root / f"{final.name}.old.{uuid.uuid4().hex[:8]}"
-            final.rename(old)
+            previous = self.staging_root / f"{final.name}.previous.{uuid.uuid4().hex[:8]}"
+            final.rename(previous)
         staging.rename(final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return final / entry.model
+        return final / entry.model, previous
 
-    def discard(self, uri: str) -> None:
-        """Forget `uri`: its entry and any staging folder."""
-        key = self.key(uri)
-        shutil.rmtree(self.root / key, ignore_errors=True)
-        for leftover in self.staging_root.glob(f"{key}.*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+    def restore(self, uri: str, previous: Optional[Path]) -> None:
+        """Undo `commit`: the new entry goes, the one it replaced (if any) comes back."""
+        final = self.root / self.key(uri)
+        shutil.rmtree(final, ignore_errors=True)
+        if previous is not None:
+            previous.rename(final)
+
+    @staticmethod
+    def forget(previous: Optional[Path]) -> None:
+        """Confirm `commit`: the replaced entry is deleted."""
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)

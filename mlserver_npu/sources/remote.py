@@ -2,14 +2,16 @@
 
 With a pinned sha256, a cached entry of that digest is used without asking the server; without
 one, a cached entry is revalidated (conditional GET) when the server gave an ETag or a
-Last-Modified, and used as it is otherwise.
+Last-Modified, and used as it is otherwise. No failure removes an entry: another model may be
+using it.
 """
 import asyncio
 import logging
 import re
 import shutil
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Awaitable, Callable, Optional, Tuple
+from typing import AsyncIterator, Awaitable, Callable, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from ..settings import NPUEnvironment
@@ -45,7 +47,11 @@ def _file_name(uri: str) -> str:
     return name or "model"
 
 
-async def fetch(uri: str, pin: Optional[str], settings: NPUEnvironment) -> ModelSource:
+@asynccontextmanager
+async def fetch(uri: str, pin: Optional[str], settings: NPUEnvironment) -> AsyncIterator[ModelSource]:
+    """`async with fetch(...) as source`, holding the URI's lock: a new download is in the
+    cache during the block and is undone, restoring what it replaced, if the block raises.
+    A failure to fetch changes nothing in the cache."""
     try:
         path = urlsplit(uri).path
     except ValueError as error:
@@ -58,44 +64,55 @@ async def fetch(uri: str, pin: Optional[str], settings: NPUEnvironment) -> Model
         )
     cache = Cache(settings.cache_dir)
     async with cache.lock(uri):
-        cached = cache.read(uri)
-        if cached:
-            entry, path = cached
-            if (pin and entry.sha256 == pin) or (not pin and not entry.validators):
-                logger.info("Using the cached copy of %s", shown)
-                return ModelSource(path, entry.sha256, "cached")
-        # A pinned URI whose cached digest differs is downloaded afresh.
-        known = cached if cached and not pin else None
-        staging = cache.staging(uri)
+        source, previous = await _obtain(cache, uri, pin, settings)
         try:
-            entry = await _download(
-                uri, known[0].validators if known else None, pin, staging, settings
-            )
-            if entry is None:
-                assert known is not None
-                logger.info("The cached copy of %s is current", shown)
-                return ModelSource(known[1], known[0].sha256, "revalidated")
-            path = cache.commit(uri, staging, entry)
-            return ModelSource(path, entry.sha256, "downloaded")
-        except TransientError as error:
-            if known:
-                logger.warning(
-                    "Cannot revalidate %s (%s); using the cached copy", shown, error
-                )
-                return ModelSource(known[1], known[0].sha256, "cached")
-            cache.discard(uri)
-            raise SourceError(f"cannot fetch {shown}: {error}") from None
-        except DigestMismatch:
-            cache.discard(uri)
+            yield source
+        except BaseException:
+            if source.how == "downloaded":
+                cache.restore(uri, previous)
+                logger.info("The load failed: the download of %s leaves the cache", shown)
             raise
-        except SourceError as error:
-            cache.discard(uri)
-            raise SourceError(f"cannot fetch {shown}: {error}") from None
-        except OSError as error:
-            cache.discard(uri)
-            raise SourceError(f"cannot store {shown} in the cache '{cache.root}': {error}") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        cache.forget(previous)
+
+
+async def _obtain(
+    cache: Cache, uri: str, pin: Optional[str], settings: NPUEnvironment
+) -> Tuple[ModelSource, Optional[Path]]:
+    """The cached copy if it will do, else a download committed to the cache (and the entry it
+    replaced, set aside). Call with the URI locked."""
+    shown = redact_uri(uri)
+    cached = cache.read(uri)
+    if cached:
+        entry, path = cached
+        if (pin and entry.sha256 == pin) or (not pin and not entry.validators):
+            logger.info("Using the cached copy of %s", shown)
+            return ModelSource(path, entry.sha256, "cached"), None
+    # A pinned URI whose cached digest differs is downloaded afresh.
+    known = cached if cached and not pin else None
+    staging = cache.staging(uri)
+    try:
+        entry = await _download(
+            uri, known[0].validators if known else None, pin, staging, settings
+        )
+        if entry is None:
+            assert known is not None
+            logger.info("The cached copy of %s is current", shown)
+            return ModelSource(known[1], known[0].sha256, "revalidated"), None
+        path, previous = cache.commit(uri, staging, entry)
+        return ModelSource(path, entry.sha256, "downloaded"), previous
+    except TransientError as error:
+        if known:
+            logger.warning("Cannot revalidate %s (%s); using the cached copy", shown, error)
+            return ModelSource(known[1], known[0].sha256, "cached"), None
+        raise SourceError(f"cannot fetch {shown}: {error}") from None
+    except DigestMismatch:
+        raise
+    except SourceError as error:
+        raise SourceError(f"cannot fetch {shown}: {error}") from None
+    except OSError as error:
+        raise SourceError(f"cannot store {shown} in the cache '{cache.root}': {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 async def _download(

@@ -14,7 +14,8 @@ It follows the documented API that mlserver-npu uses:
 The simulated machine has FAKE_FURIOSA_NPUS cards (default 2) of two PEs each; PEs are taken
 exclusively as the real runtime does (`npu:X:Y`, `npu:X:Y-Z`, `npuXpeY`, `warboy(P)*N`, comma
 lists; default from FURIOSA_DEVICES, else `warboy(2)*1`). Outputs are real: the ONNX file runs
-on onnxruntime. Every call is appended as a JSON line to the file FAKE_FURIOSA_LOG names.
+on onnxruntime. Every call is appended as a JSON line to the file FAKE_FURIOSA_LOG names, a run
+with the arrays it was given (shape, dtype, and the values of arrays up to 4096 values).
 FAKE_FURIOSA_NO_DRIVER=1 makes the import fail as the real package does without its driver.
 """
 import asyncio
@@ -128,6 +129,17 @@ def _record(event: str, **fields: Any) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as log:
             log.write(json.dumps({"event": event, **fields}) + "\n")
+
+
+LOGGED_VALUES = 4096
+
+
+def _given(array: np.ndarray) -> Dict[str, Any]:
+    """What a run was given, for the log: shape, dtype, and the values of small arrays."""
+    given: Dict[str, Any] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+    if array.size <= LOGGED_VALUES:
+        given["data"] = array.tolist()
+    return given
 
 
 def _machine() -> List[Pe]:
@@ -245,7 +257,8 @@ class Runner:
                 raise ValueError(f"tensor '{desc.name}' must have shape {desc.shape}, "
                                  f"got {array.shape}")
         async with self._workers:
-            _record("run", runner=self._id, device=self._device, rows=self.model.input(0).shape[0])
+            _record("run", runner=self._id, device=self._device,
+                    inputs={name: _given(array) for name, array in feeds.items()})
             return await asyncio.to_thread(self._compute, feeds)
 
     def _compute(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
