@@ -26,8 +26,9 @@ BACKEND_BY_SUFFIX: Dict[str, Backend] = {
 # Device strings that only one backend understands pick that backend, so that moving a model
 # folder to an NPU takes nothing but a new `device`.
 BACKEND_BY_DEVICE = re.compile(
-    r"^(?:(?P<furiosa>warboy|npu[:\d])|(?P<openvino>(?:npu|gpu)(?:\.\d+)?$|(?:auto|hetero|multi)\b))",
-    re.IGNORECASE,
+    r"^(?:(?P<furiosa>(?i:warboy|npu[:\d]))"
+    # OpenVINO's device names, upper case as OpenVINO spells them (`cpu` stays onnxruntime's)
+    r"|(?P<openvino>(?:NPU|GPU)(?:\.\d+)?$|(?:AUTO|HETERO|MULTI)(?::|$)))"
 )
 # OpenVINO's meta-devices take a comma-separated list: `AUTO:NPU,CPU` is one device.
 META_DEVICE = re.compile(r"^(auto|hetero|multi|batch):", re.IGNORECASE)

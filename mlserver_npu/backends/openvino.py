@@ -352,8 +352,12 @@ class OpenVINOBackend:
         self._compiling: Dict[Tuple[str, Path], "asyncio.Future[_Compiled]"] = {}
 
     def available_devices(self) -> List[str]:
+        return list(ov.Core().available_devices)
+
+    def device_names(self) -> Dict[str, str]:
+        """Device -> its full name (`CPU` -> `Intel(R) Core(TM) Ultra 7 155H`)."""
         core = ov.Core()
-        return [f"{d} ({core.get_property(d, 'FULL_DEVICE_NAME')})" for d in core.available_devices]
+        return {d: core.get_property(d, "FULL_DEVICE_NAME") for d in core.available_devices}
 
     async def open(
         self, model_path: Path, device: Optional[str], options: Options
