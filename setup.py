@@ -44,6 +44,8 @@ setup(
             "moto[server]>=5.0",
             # TFLite serving tests, and examples/make_npu_models.py's flatbuffer schema
             "ai-edge-litert>=1.0",
+            # the openvino backend, tested for real on the CPU (tests/test_openvino.py)
+            "openvino>=2024.0",
             # tests/test_bench_smoke.py runs `python -m bench --quick`
             "psutil>=5.9",
             "matplotlib>=3.7",
@@ -56,6 +58,9 @@ setup(
         ],
         "tflite": ["ai-edge-litert>=1.0"],
         "furiosa": ["furiosa-runtime>=0.10"],
+        # Intel CPUs, GPUs and NPUs (backend "openvino"); never onnxruntime-openvino, which
+        # replaces the onnxruntime package in place
+        "openvino": ["openvino>=2024.0"],
     },
     entry_points={"console_scripts": ["mlserver-npu=mlserver_npu.cli:main"]},
     classifiers=[

@@ -17,7 +17,7 @@ from mlserver.types import (
 from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
-from .backends import BackendError, InvalidInput, get_backend
+from .backends import BackendError, InvalidInput, get_backend, session_details
 from .errors import ConfigurationError, ModelLoadError
 from .pool import SessionPool
 from .processing.classification import Classifier
@@ -99,7 +99,12 @@ class NPURuntime(MLModel):
         self._backend = config.backend_for(self._model_path)
         backend = get_backend(self._backend)
         try:
-            options = backend.Options.model_validate(config.options)
+            # The context gives backends the model-level facts their defaults depend on.
+            options = backend.Options.model_validate(
+                config.options,
+                context={"sessions": config.sessions,
+                         "max_batch_size": self.settings.max_batch_size},
+            )
         except ValidationError as error:
             raise ModelLoadError(
                 self.name, describe_validation_error(
@@ -151,6 +156,8 @@ class NPURuntime(MLModel):
             parameters.sha256 = self._sha256  # type: ignore[attr-defined]
             if self._pool.batch_size is not None:
                 parameters.static_batch = self._pool.batch_size  # type: ignore[attr-defined]
+            for key, value in session_details(self._pool.sessions).items():
+                setattr(parameters, key, value)
             if self._pool.warnings:
                 parameters.warnings = "; ".join(self._pool.warnings)  # type: ignore[attr-defined]
             metadata.parameters = parameters

@@ -15,13 +15,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .processing.classification import ClassificationSettings
 from .processing.preprocess import PreprocessOps
 
-Backend = Literal["onnxruntime", "tflite", "furiosa"]
+Backend = Literal["onnxruntime", "tflite", "furiosa", "openvino"]
 
-BACKEND_BY_SUFFIX: Dict[str, Backend] = {".onnx": "onnxruntime", ".tflite": "tflite"}
+BACKEND_BY_SUFFIX: Dict[str, Backend] = {
+    ".onnx": "onnxruntime",
+    ".tflite": "tflite",
+    ".xml": "openvino",  # OpenVINO IR, with its .bin next to it
+}
 
 # Device strings that only one backend understands pick that backend, so that moving a model
 # folder to an NPU takes nothing but a new `device`.
-BACKEND_BY_DEVICE = re.compile(r"^(?P<furiosa>warboy|npu[:\d])", re.IGNORECASE)
+BACKEND_BY_DEVICE = re.compile(
+    r"^(?:(?P<furiosa>(?i:warboy|npu[:\d]))"
+    # OpenVINO's device names, upper case as OpenVINO spells them (`cpu` stays onnxruntime's)
+    r"|(?P<openvino>(?:NPU|GPU)(?:\.\d+)?$|(?:AUTO|HETERO|MULTI)(?::|$)))"
+)
+# OpenVINO's meta-devices take a comma-separated list: `AUTO:NPU,CPU` is one device.
+META_DEVICE = re.compile(r"^(auto|hetero|multi|batch):", re.IGNORECASE)
 
 
 class NPUSettings(BaseModel):
@@ -62,7 +72,13 @@ class NPUSettings(BaseModel):
         """The device list; `[None]` means the backend's default device."""
         if self.device is None:
             return [None]
-        return [d.strip() for d in self.device.split(",") if d.strip()]
+        devices: List[Optional[str]] = []
+        parts = [d.strip() for d in self.device.split(",") if d.strip()]
+        for index, part in enumerate(parts):
+            if META_DEVICE.match(part):  # the rest of the list belongs to it
+                return devices + [",".join(parts[index:])]
+            devices.append(part)
+        return devices
 
     def backend_for(self, model_path: Path) -> Backend:
         """`backend` if given, else the one the device string names, else the file suffix's."""

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import openvino as ov
 import pytest
 
 from server import (
@@ -92,10 +93,16 @@ def test_devices_command_lists_backends_and_devices():
     assert report["furiosa"]["available"] is False
     assert "furiosa.runtime cannot be imported" in report["furiosa"]["reason"]
 
+    # OpenVINO (installed by the test extra) sees this machine's CPU, with its full name
+    cpu_name = ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
+    assert report["openvino"] == {"available": True, "devices": ["CPU"],
+                                  "names": {"CPU": cpu_name}}
+
     table = _devices().splitlines()
-    assert [line.split()[0] for line in table] == ["onnxruntime", "tflite", "furiosa"]
+    assert [line.split()[0] for line in table] == ["onnxruntime", "tflite", "furiosa", "openvino"]
     assert table[0].split()[1:] == ["cpu"]
     assert "unavailable:" in table[2]
+    assert table[3].split(maxsplit=1)[1] == f"CPU ({cpu_name})"
 
     # With FuriosaAI's runtime importable (here the fake) the backend is available; devices are
     # the driver's /dev/npu*pe* files, which this machine has none of.

@@ -1,14 +1,15 @@
 """Backends by name. Each module is imported only when a model asks for it, so a missing
-optional runtime (LiteRT, FuriosaAI) fails only the models that need it."""
+optional runtime (LiteRT, FuriosaAI, OpenVINO) fails only the models that need it."""
 import importlib
 
-from .base import Backend, BackendError, InvalidInput, Session, TensorSpec
+from .base import Backend, BackendError, InvalidInput, Session, TensorSpec, session_details
 
 # backend name -> (module, class)
 BACKENDS = {
     "onnxruntime": ("mlserver_npu.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tflite": ("mlserver_npu.backends.tflite", "TFLiteBackend"),
     "furiosa": ("mlserver_npu.backends.furiosa", "FuriosaBackend"),
+    "openvino": ("mlserver_npu.backends.openvino", "OpenVINOBackend"),
 }
 
 
@@ -31,4 +32,5 @@ __all__ = [
     "Session",
     "TensorSpec",
     "get_backend",
+    "session_details",
 ]

@@ -63,7 +63,8 @@ class Session(Protocol):
 
     `inputs`/`outputs` are the model's own shapes: a fixed axis 0 is a static batch that the
     pool fills and splits. `warnings` says what the user should know about how the session was
-    opened (e.g. a fallback to CPU); the runtime shows them in the model's metadata.
+    opened (e.g. a fallback to CPU); the runtime shows them in the model's metadata, and so
+    the optional `details` (e.g. {"execution_devices": "CPU", "loaded_from_cache": True}).
     """
 
     device: str
@@ -89,3 +90,17 @@ class Backend(Protocol):
 
     async def open(self, model_path: Path, device: Optional[str], options: Any) -> Session:
         ...
+
+
+def session_details(sessions: Sequence[Session]) -> Dict[str, Any]:
+    """The sessions' `details` for the metadata: one value per key, or the distinct values
+    joined by commas where the sessions differ."""
+    values: Dict[str, List[Any]] = {}
+    for session in sessions:
+        for key, value in getattr(session, "details", {}).items():
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return {
+        key: found[0] if len(found) == 1 else ",".join(map(str, found))
+        for key, found in values.items()
+    }

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import devices
+from . import compile, devices
 
-COMMANDS = [devices]
+COMMANDS = [compile, devices]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

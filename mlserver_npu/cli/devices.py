@@ -7,7 +7,8 @@ from ..backends import BACKENDS, BackendError, get_backend
 
 
 def list_devices() -> Dict[str, Dict[str, Any]]:
-    """Backend name -> {"available": True, "devices": [...]} or {"available": False, "reason"}."""
+    """Backend name -> {"available": True, "devices": [...], "names"?: {device: full name}}
+    or {"available": False, "reason": ...}."""
     report: Dict[str, Dict[str, Any]] = {}
     for name in BACKENDS:
         try:
@@ -16,6 +17,8 @@ def list_devices() -> Dict[str, Dict[str, Any]]:
             report[name] = {"available": False, "reason": str(error)}
         else:
             report[name] = {"available": True, "devices": backend.available_devices()}
+            if hasattr(backend, "device_names"):  # full names, where the runtime has them
+                report[name]["names"] = backend.device_names()
     return report
 
 
@@ -25,7 +28,10 @@ def _print_devices(report: Dict[str, Dict[str, Any]]) -> None:
         if not entry["available"]:
             line = f"unavailable: {entry['reason']}"
         else:
-            line = ", ".join(entry["devices"]) or "available, no device found"
+            names = entry.get("names", {})
+            line = ", ".join(
+                f"{d} ({names[d]})" if d in names else d for d in entry["devices"]
+            ) or "available, no device found"
         print(f"{name:<{width}}  {line}")
 
 

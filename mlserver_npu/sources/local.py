@@ -4,8 +4,8 @@ from pathlib import Path
 
 from .base import SourceError
 
-WELL_KNOWN_FILES = ["model.onnx", "model.tflite"]
-MODEL_SUFFIXES = {".onnx", ".tflite"}
+WELL_KNOWN_FILES = ["model.onnx", "model.tflite", "model.xml"]
+MODEL_SUFFIXES = {".onnx", ".tflite", ".xml"}  # .xml: OpenVINO IR, its .bin beside it
 BLOCK = 1 << 20
 
 

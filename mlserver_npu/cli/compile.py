@@ -1,0 +1,108 @@
+"""`mlserver-npu compile MODEL_FOLDER... [--json]`: load every model once, exactly as
+`mlserver start` would, so that the caches a load fills (downloads, compiled models) are full
+before the server starts: a container image built this way starts without compiling.
+
+A MODEL_FOLDER holds a model-settings.json; a folder without one is searched for them (a
+whole repository). The cache is `MLSERVER_NPU_CACHE_DIR`, as for the server: set it to the
+same path in both.
+"""
+import argparse
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+NAME = "compile"
+HELP = "fill the compiled-model caches of model folders ahead of time"
+
+SETTINGS = "model-settings.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "folders", nargs="+", type=Path, metavar="MODEL_FOLDER",
+        help="a model folder (with model-settings.json) or a repository of them",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
+
+
+def settings_files(folders: List[Path]) -> List[Path]:
+    """The model-settings.json of each folder, or those found under it."""
+    found: List[Path] = []
+    for folder in folders:
+        if (folder / SETTINGS).is_file():
+            found.append(folder / SETTINGS)
+        elif folder.is_dir():
+            found.extend(sorted(folder.rglob(SETTINGS)))
+        else:
+            raise FileNotFoundError(f"'{folder}' is not a folder")
+    return found
+
+
+async def compile_model(path: Path) -> Dict[str, Any]:
+    """Load the model of one model-settings.json and unload it; what happened, as a dict."""
+    from mlserver.repository.load import load_model_settings
+
+    report: Dict[str, Any] = {"settings": str(path)}
+    try:
+        settings = load_model_settings(str(path))
+        report["model"] = settings.name
+        implementation = settings.implementation
+    except Exception as error:  # a broken model-settings.json, an implementation not importable
+        return {**report, "ok": False, "error": f"{type(error).__name__}: {error}"}
+    if not implementation.__module__.startswith("mlserver_npu"):
+        return {**report, "ok": True, "skipped": f"{implementation.__module__} is not ours"}
+    model = implementation(settings)
+    start = time.perf_counter()
+    try:
+        await model.load()
+        parameters = (await model.metadata()).parameters
+    except Exception as error:  # ModelLoadError says why
+        return {**report, "ok": False, "error": str(error)}
+    finally:
+        await model.unload()
+    details = parameters.model_dump(exclude_none=True) if parameters else {}
+    return {
+        **report, "ok": True, "seconds": round(time.perf_counter() - start, 3),
+        **{key: details[key] for key in ("backend", "devices", "execution_devices",
+                                         "loaded_from_cache") if key in details},
+    }
+
+
+def _line(report: Dict[str, Any]) -> str:
+    name = report.get("model", report["settings"])
+    if not report["ok"]:
+        return f"{name}: FAILED: {report['error']}"
+    if "skipped" in report:
+        return f"{name}: skipped ({report['skipped']})"
+    cache = {True: "loaded from the cache", False: "compiled into the cache"}.get(
+        report.get("loaded_from_cache"), "no compiled-model cache for this backend"
+    )
+    where = report.get("execution_devices") or report.get("devices", "")
+    return f"{name}: {report.get('backend', '')} on {where} in {report['seconds']} s, {cache}"
+
+
+async def _compile_all(paths: List[Path]) -> List[Dict[str, Any]]:
+    # one at a time: compiles are CPU-bound and their logs stay readable
+    return [await compile_model(path) for path in paths]
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths = settings_files(args.folders)
+    except FileNotFoundError as error:
+        print(f"mlserver-npu compile: {error}")
+        return 2
+    if not paths:
+        print(f"mlserver-npu compile: no {SETTINGS} under {', '.join(map(str, args.folders))}")
+        return 2
+    reports = asyncio.run(_compile_all(paths))
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        for report in reports:
+            print(_line(report))
+    return 0 if all(report["ok"] for report in reports) else 1
