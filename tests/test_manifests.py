@@ -4,7 +4,6 @@ against the field lists of their CRDs (tests/data/crds, taken from the CRDs' ope
 with the Kubernetes objects embedded in them (containers, pod specs, env, resources, probes)
 validated by kubernetes-validate. And the values the runtime reads are valid for it."""
 import json
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import kubernetes_validate
