@@ -49,6 +49,9 @@ setup(
             # tests/test_bench_smoke.py runs `python -m bench --quick`
             "psutil>=5.9",
             "matplotlib>=3.7",
+            # tests/test_manifests.py: deploy/ against Kubernetes' schemas
+            "kubernetes-validate>=1.30",
+            "pyyaml>=6",
         ],
         # `python -m bench` (bench/README.md); fastapi, uvicorn, grpcio come with mlserver
         "bench": [

@@ -24,6 +24,7 @@ from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
 from .settings import NPUEnvironment, NPUSettings, describe_validation_error
+from .single_model import anchor_to_model_folder
 from .sources import SourceError, resolve_model
 from .sources.redact import redact_text
 
@@ -32,6 +33,7 @@ logger = logging.getLogger("mlserver.npu")
 
 class NPURuntime(MLModel):
     async def load(self) -> bool:
+        anchor_to_model_folder(self.settings)
         try:
             await self._load()
         except ModelLoadError as error:

@@ -4,6 +4,7 @@ process-wide `MLSERVER_NPU_*` environment settings.
 MLServer drops unknown top-level keys silently; under `extra` we refuse them by name, so a
 typo (`"session": 2`) fails the load instead of being ignored.
 """
+import json
 import os
 import re
 from pathlib import Path
@@ -59,6 +60,19 @@ class NPUSettings(BaseModel):
         None, description="Image preprocessing: a preset name or a list of ops."
     )
     postprocess: Optional[ClassificationSettings] = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_strings(cls, value: Any) -> Any:
+        """Seldon Core 2 writes a Model's `parameters` into `extra` as strings. Numbers and
+        booleans ("2", "true") pydantic converts; a string holding a JSON object or list
+        (`"options": '{"intra_op_threads": 1}'`) is read as that object or list."""
+        if not isinstance(value, str) or not value.lstrip().startswith(("{", "[")):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"a string that is not valid JSON ({error})") from None
 
     @field_validator("device")
     @classmethod
