@@ -17,6 +17,7 @@ from mlserver.types import (
 from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
+from . import wire
 from .backends import BackendError, InvalidInput, get_backend
 from .errors import ConfigurationError, ModelLoadError
 from .pool import SessionPool
@@ -49,6 +50,7 @@ class NPURuntime(MLModel):
             "Model '%s': %s (sha256 %s) on %s",
             self.name, self._model_path.name, self._sha256, ", ".join(self._pool.devices),
         )
+        self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
         return True
 
     def _processing(self, config: NPUSettings) -> Tuple[InputDecoder, OutputEncoder]:
@@ -122,7 +124,7 @@ class NPURuntime(MLModel):
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
-            outputs=self._outputs.encode(plan, results),
+            outputs=self._outputs.encode(plan, results, wire.carries_arrays(payload)),
         )
 
     async def metadata(self) -> MetadataModelResponse:
@@ -140,6 +142,9 @@ class NPURuntime(MLModel):
         return metadata
 
     async def unload(self) -> bool:
+        if getattr(self, "_zero_copy", False):
+            wire.unregister(self.settings)
+            self._zero_copy = False
         pool = getattr(self, "_pool", None)
         if pool is not None:
             await pool.close()

@@ -21,6 +21,7 @@ from mlserver.types import (
 )
 
 from .backends import TensorSpec
+from .wire import wire_array
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,10 +127,16 @@ def decode_input(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
         raise InferenceError(f"input '{name}': expected datatype {expected}, got {got}")
     check_shape(name, request_input.shape, spec)
     data = request_input.data.root
-    try:
-        array = _to_array(data, spec.dtype)
-    except (ValueError, TypeError, OverflowError) as error:
-        raise InferenceError(f"input '{name}': data is not a valid {expected} tensor: {error}")
+    if isinstance(data, np.ndarray):
+        # A zero-copy view of gRPC raw contents (wire.py), already of the request's datatype.
+        array = data.view(np.ndarray).astype(spec.dtype, copy=False)
+    else:
+        try:
+            array = _to_array(data, spec.dtype)
+        except (ValueError, TypeError, OverflowError) as error:
+            raise InferenceError(
+                f"input '{name}': data is not a valid {expected} tensor: {error}"
+            )
     expected_size = math.prod(request_input.shape)
     if array.size != expected_size:
         raise InferenceError(
@@ -184,13 +191,16 @@ def requested_outputs(
     return list(dict.fromkeys(output.name for output in request_outputs))
 
 
-def encode_output(name: str, array: np.ndarray) -> ResponseOutput:
+def encode_output(name: str, array: np.ndarray, as_array: bool = False) -> ResponseOutput:
+    """`as_array`: numeric data stays an array (wire.py packs it for gRPC), not a list."""
     array = np.asarray(array)
     datatype = datatype_of(array.dtype)
     flat = array.ravel()
     if datatype == "BYTES":
         # gRPC clients read bytes_contents: str would break them.
         data = [v if isinstance(v, bytes) else str(v).encode() for v in flat]
+    elif as_array:
+        data = wire_array(flat)
     else:
         data = flat.tolist()
     return ResponseOutput(name=name, shape=list(array.shape), datatype=datatype, data=data)
