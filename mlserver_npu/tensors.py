@@ -18,6 +18,7 @@ from mlserver.types import (
     RequestInput,
     RequestOutput,
     ResponseOutput,
+    TensorData,
 )
 
 from .backends import TensorSpec
@@ -200,7 +201,8 @@ def encode_output(name: str, array: np.ndarray, as_array: bool = False) -> Respo
         # gRPC clients read bytes_contents: str would break them.
         data = [v if isinstance(v, bytes) else str(v).encode() for v in flat]
     elif as_array:
-        data = wire_array(flat)
+        # Wrapped so that pydantic takes it as it is: validating a bare array walks it.
+        data = TensorData.model_construct(root=wire_array(flat))
     else:
         data = flat.tolist()
     return ResponseOutput(name=name, shape=list(array.shape), datatype=datatype, data=data)
