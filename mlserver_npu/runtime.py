@@ -17,6 +17,7 @@ from mlserver.types import (
 from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
+from . import wire
 from .backends import BackendError, InvalidInput, get_backend, session_details
 from .errors import ConfigurationError, ModelLoadError
 from .pool import SessionPool
@@ -71,6 +72,7 @@ class NPURuntime(MLModel):
             "Model '%s': %s (sha256 %s) on %s",
             self.name, self._model_path.name, self._sha256, ", ".join(self._pool.devices),
         )
+        self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
 
     def _processing(self, config: NPUSettings) -> Tuple[InputDecoder, OutputEncoder]:
         inputs = InputDecoder(
@@ -146,7 +148,7 @@ class NPURuntime(MLModel):
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
-            outputs=self._outputs.encode(plan, results),
+            outputs=self._outputs.encode(plan, results, wire.carries_arrays(payload)),
         )
 
     async def metadata(self) -> MetadataModelResponse:
@@ -166,6 +168,9 @@ class NPURuntime(MLModel):
         return metadata
 
     async def unload(self) -> bool:
+        if getattr(self, "_zero_copy", False):
+            wire.unregister(self.settings)
+            self._zero_copy = False
         pool = getattr(self, "_pool", None)
         if pool is not None:
             await pool.close()

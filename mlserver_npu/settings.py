@@ -148,6 +148,7 @@ class NPUEnvironment(BaseSettings):
         ByteSize(16 * 2**30), gt=0, description="per download and per unpacked archive"
     )
     progress_interval: float = Field(10.0, gt=0, description="seconds between progress logs")
+    zero_copy: bool = Field(True, description="gRPC raw tensors as numpy views (wire.py)")
 
     @classmethod
     def from_env(cls) -> "NPUEnvironment":

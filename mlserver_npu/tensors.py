@@ -19,10 +19,12 @@ from mlserver.types import (
     RequestInput,
     RequestOutput,
     ResponseOutput,
+    TensorData,
 )
 
 from .backends import TensorSpec
 from .errors import shorten
+from .wire import wire_array
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,8 +193,12 @@ def decode_input(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
         raise InferenceError(f"input {name}: expected datatype {expected}, got {got}")
     shape = request_input.shape
     check_shape(request_input.name, shape, spec)
+    data = request_input.data.root
+    if isinstance(data, np.ndarray):
+        # A zero-copy view of gRPC raw contents (wire.py), already checked against the shape.
+        return data.view(np.ndarray).astype(spec.dtype, copy=False).reshape(shape)
     try:
-        data = flatten(request_input.data.root, len(shape))
+        data = flatten(data, len(shape))
     except ValueError as error:
         raise InferenceError(f"input {name}: {error}") from None
     expected_size = math.prod(shape)
@@ -254,13 +260,17 @@ def requested_outputs(
     return list(dict.fromkeys(output.name for output in request_outputs))
 
 
-def encode_output(name: str, array: np.ndarray) -> ResponseOutput:
+def encode_output(name: str, array: np.ndarray, as_array: bool = False) -> ResponseOutput:
+    """`as_array`: numeric data stays an array (wire.py packs it for gRPC), not a list."""
     array = np.asarray(array)
     datatype = datatype_of(array.dtype)
     flat = array.ravel()
     if datatype == "BYTES":
         # gRPC clients read bytes_contents: str would break them.
         data = [v if isinstance(v, bytes) else str(v).encode() for v in flat]
+    elif as_array:
+        # Wrapped so that pydantic takes it as it is: validating a bare array walks it.
+        data = TensorData.model_construct(root=wire_array(flat))
     else:
         data = flat.tolist()
     return ResponseOutput(name=name, shape=list(array.shape), datatype=datatype, data=data)

@@ -104,7 +104,10 @@ class OutputEncoder:
             plan.append(Planned(name, source, count or None, image))
         return plan
 
-    def encode(self, plan: Sequence[Planned], results: Dict[str, np.ndarray]) -> List[ResponseOutput]:
+    def encode(
+        self, plan: Sequence[Planned], results: Dict[str, np.ndarray], as_arrays: bool = False
+    ) -> List[ResponseOutput]:
+        """`as_arrays`: numeric tensors stay arrays (see tensors.encode_output)."""
         outputs = []
         for item in plan:
             array = results[item.source]
@@ -123,5 +126,5 @@ class OutputEncoder:
                 except ValueError as error:
                     raise InferenceError(f"output '{item.name}': {error}") from None
             else:
-                outputs.append(encode_output(item.name, array))
+                outputs.append(encode_output(item.name, array, as_arrays))
         return outputs
