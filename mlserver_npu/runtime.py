@@ -18,6 +18,7 @@ from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
 from .backends import BackendError, InvalidInput, get_backend
+from .batcher import Batcher
 from .errors import ConfigurationError, ModelLoadError
 from .pool import SessionPool
 from .processing.classification import Classifier
@@ -38,6 +39,9 @@ class NPURuntime(MLModel):
             raise ModelLoadError(self.name, str(error)) from error
         try:
             self._inputs, self._outputs = self._processing(config)
+            self._batcher = (
+                Batcher(self._pool, config.batching, self.settings) if config.batching is not None else None
+            )
         except ConfigurationError as error:
             await self._pool.close()
             raise ModelLoadError(self.name, str(error)) from error
@@ -116,7 +120,8 @@ class NPURuntime(MLModel):
         feeds = await self._inputs.decode(payload.inputs)
         plan = self._outputs.plan(payload.outputs)
         try:
-            results = await self._pool.run(feeds)
+            runner = self._batcher or self._pool
+            results = await runner.run(feeds)
         except InvalidInput as error:
             raise InferenceError(f"the model rejected the inputs: {error}") from error
         return InferenceResponse(
@@ -140,6 +145,9 @@ class NPURuntime(MLModel):
         return metadata
 
     async def unload(self) -> bool:
+        if getattr(self, "_batcher", None) is not None:
+            await self._batcher.close()
+            self._batcher = None
         pool = getattr(self, "_pool", None)
         if pool is not None:
             await pool.close()
