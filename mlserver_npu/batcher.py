@@ -5,8 +5,9 @@ fails alone before it can join a batch. Rows are a stream: a batch takes up to
 `max_batch_size` rows from the oldest requests (a larger request is spread over several
 batches), waits at most `max_delay_ms` for more while a session is free, and runs through
 the session pool as one numpy batch; each request gets back exactly its own rows of every
-output. At most one batch per free session is in flight, so under load each session gets
-a full batch as soon as it is done with the last one.
+output. At most two batches per session are in flight (one running, one ready), so under
+load a device starts its next full batch as soon as it is done with the last one, and rows
+that arrive meanwhile wait to make a full batch rather than a short one.
 """
 import asyncio
 import math
@@ -40,8 +41,8 @@ class BatchingSettings(BaseModel):
         "static batch up to max_batch_size"
     )
     max_concurrent_batches: Optional[int] = Field(
-        None, ge=1, description="batches in flight; default: one per session (or per "
-        "set of sessions a batch needs)"
+        None, ge=1, description="batches in flight; default: two per session (one running, "
+        "one ready), per set of sessions when a batch needs several runs"
     )
 
 
@@ -139,7 +140,7 @@ class Batcher:
         self.preferred = sorted(set(preferred), reverse=True)
         self.delay = settings.max_delay_ms / 1000
         self.max_in_flight = settings.max_concurrent_batches or max(
-            1, len(pool.sessions) // runs
+            1, 2 * len(pool.sessions) // runs
         )
         self._pool = pool
         self._metrics = metrics or ModelMetrics(model.name, model.version)
