@@ -10,6 +10,7 @@ load a device starts its next full batch as soon as it is done with the last one
 that arrive meanwhile wait to make a full batch rather than a short one.
 """
 import asyncio
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -23,6 +24,8 @@ from .metrics import ModelMetrics
 from .pool import SessionPool
 
 Feeds = Mapping[str, np.ndarray]
+
+logger = logging.getLogger("mlserver.npu")
 
 
 class BatchingSettings(BaseModel):
@@ -155,9 +158,11 @@ class Batcher:
         if rows == 0:
             return await self._pool.run(feeds)
         loop = asyncio.get_running_loop()
-        if self._loop_task is None:  # the event loop exists only now
+        if self._arrived is None:  # the event loop exists only now
             self._arrived, self._slots = asyncio.Event(), asyncio.Semaphore(self.max_in_flight)
+        if self._loop_task is None:
             self._loop_task = loop.create_task(self._batch_forever())
+            self._loop_task.add_done_callback(self._stopped)
         key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in feeds.items())
         request = _Request(feeds, rows, key, loop.time(), loop.create_future())
         self._queue.append(request)
@@ -203,6 +208,15 @@ class Batcher:
             task = loop.create_task(self._dispatch(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+
+    def _stopped(self, task: asyncio.Task) -> None:
+        """A batching loop that died of a bug fails what it held; the next request restarts it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("batching stopped", exc_info=task.exception())
+        for request in self._queue:
+            request.fail(RuntimeError(f"batching failed: {task.exception()}"))
+        self._queue, self._loop_task = [], None
 
     def _take(self, size: int, now: float) -> List[_Slice]:
         key, room, batch = self._queue[0].key, size, []

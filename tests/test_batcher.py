@@ -22,6 +22,19 @@ from server import MODEL_REPOSITORY, Server, copy_model
 WAIT = 5000
 
 
+def _row_sums_model(path):
+    """y = x.sum(axis=1) for x of any [N, M]: rows of different widths cannot be merged."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], "row_sums",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "M"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+        initializer=[numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
 def _gather_model(path):
     """y = table[idx]: an index out of range passes every check but fails the device run."""
     table = numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), "table")
@@ -49,6 +62,11 @@ def batch_server(tmp_path_factory):
     gather = copy_model(MODEL_REPOSITORY / "digits", repository, "gather",
                         {"batching": {"max_batch_size": 17, "max_delay_ms": WAIT}})
     _gather_model(gather / "model.onnx")
+    sums = copy_model(MODEL_REPOSITORY / "digits", repository, "row-sums",
+                      {"batching": {"max_batch_size": 4, "max_delay_ms": WAIT}})
+    _row_sums_model(sums / "model.onnx")
+    copy_model(MODEL_REPOSITORY / "digits-temperature", repository, "temperature",
+               {"batching": {"max_batch_size": 6, "max_delay_ms": 30}})
     running = Server.start(repository, root)
     yield running
     running.stop()
@@ -83,30 +101,36 @@ def _queue_count(server, model):
                if dict(labels)["model_name"] == model and dict(labels)["stage"] == "queue")
 
 
-OUTPUT_CHOICES = [None, ["label"], ["probabilities"], ["probabilities", "label"]]
+TOP3 = {"name": "probabilities", "parameters": {"classification": 3}}
+OUTPUT_CHOICES = [None, [{"name": "label"}], [{"name": "probabilities"}],
+                  [{"name": "probabilities"}, {"name": "label"}], [TOP3]]
+
+
+def _assert_own_outputs(outputs, want, expected):
+    """The requested outputs, in request order, of exactly the client's rows."""
+    assert list(outputs) == ([o["name"] for o in want] if want else list(expected))
+    for name, array in outputs.items():
+        assert array.shape[0] == len(expected["label"])
+        if want == [TOP3]:  # Triton's classification: "score:index" strings, best first
+            indices = [[int(s.split(":")[1]) for s in row] for row in array]
+            assert indices == np.argsort(-expected[name], axis=1, kind="stable")[:, :3].tolist()
+        else:
+            np.testing.assert_allclose(array, expected[name], rtol=1e-5, atol=1e-6)
 
 
 def test_each_client_gets_its_own_rows_and_outputs(batch_server):
-    """25 clients, 1 to 5 rows each and one of 20 (over max_batch_size 8), four kinds of
-    requested outputs, merged into runs of at most 8 rows."""
+    """25 clients, 1 to 5 rows each and one of 20 (over max_batch_size 8), five kinds of
+    requested outputs (classification strings among them), merged into runs of at most 8."""
     runs0, rows0 = _rows_histogram(batch_server, "ours")
     queued0 = _queue_count(batch_server, "ours")
     pixels = [reference.digits(1 + i % 5, offset=41 * i) for i in range(24)]
     pixels.insert(7, reference.digits(20, offset=1000))
-    wanted = [OUTPUT_CHOICES[i % 4] for i in range(len(pixels))]
-    bodies = [
-        {"inputs": [v2_input("input", p)],
-         **({"outputs": [{"name": n} for n in want]} if want else {})}
-        for p, want in zip(pixels, wanted)
-    ]
+    wanted = [OUTPUT_CHOICES[i % len(OUTPUT_CHOICES)] for i in range(len(pixels))]
+    bodies = [{"inputs": [v2_input("input", p)], **({"outputs": want} if want else {})}
+              for p, want in zip(pixels, wanted)]
     responses = asyncio.run(_concurrently(batch_server, "ours", bodies))
     for rows, want, response in zip(pixels, wanted, responses):
-        outputs = _outputs(response)
-        assert list(outputs) == (want or ["label", "probabilities"])
-        expected = reference.run("digits", {"input": rows})
-        for name, array in outputs.items():
-            assert array.shape[0] == len(rows)
-            np.testing.assert_allclose(array, expected[name], rtol=1e-5, atol=1e-6)
+        _assert_own_outputs(_outputs(response), want, reference.run("digits", {"input": rows}))
 
     runs1, rows1 = _rows_histogram(batch_server, "ours")
     total = sum(len(p) for p in pixels)
@@ -150,6 +174,37 @@ def test_grpc_clients_get_their_own_rows(batch_server):
                                    rtol=1e-5, atol=1e-6)
     runs1, _ = _rows_histogram(batch_server, "ours")
     assert runs1 - runs0 < len(pixels), "requests were not merged"
+
+
+def test_two_inputs_are_merged_and_split_together(batch_server):
+    """digits-temperature: `pixels` and `temperature` rows stay paired through the merge."""
+    runs0, _ = _rows_histogram(batch_server, "temperature")
+    feeds = [{"pixels": reference.digits(1 + i % 3, offset=29 * i),
+              "temperature": np.full((1 + i % 3, 1), 0.5 + i / 4, np.float32)} for i in range(12)]
+    responses = asyncio.run(_concurrently(batch_server, "temperature", [
+        {"inputs": [v2_input(name, array) for name, array in feed.items()]} for feed in feeds]))
+    for feed, response in zip(feeds, responses):
+        outputs = _outputs(response)
+        expected = reference.run("digits-temperature", feed)
+        assert outputs["label"].tolist() == expected["label"].tolist()
+        np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"],
+                                   rtol=1e-5, atol=1e-6)
+    assert _rows_histogram(batch_server, "temperature")[0] - runs0 < len(feeds)
+
+
+def test_only_requests_of_the_same_shape_are_merged(batch_server):
+    """A model with a dynamic second axis: 4 one-row requests of width 3 and 4 of width 5,
+    interleaved, make one run of each width (max_batch_size 4)."""
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, 3 if i % 2 else 5)).astype(np.float32) for i in range(8)]
+    runs0, _ = _rows_histogram(batch_server, "row-sums")
+    responses = asyncio.run(_concurrently(
+        batch_server, "row-sums", [{"inputs": [v2_input("x", x)]} for x in xs]))
+    session = reference.session(batch_server.repository / "row-sums" / "model.onnx")
+    for x, response in zip(xs, responses):
+        np.testing.assert_allclose(_outputs(response)["y"], session.run(None, {"x": x})[0],
+                                   rtol=1e-6)
+    assert _rows_histogram(batch_server, "row-sums")[0] - runs0 == 2
 
 
 def test_static_batch_is_filled_not_padded(batch_server):
