@@ -142,9 +142,8 @@ class Batcher:
         self.max_batch_size = size
         self.preferred = sorted(set(preferred), reverse=True)
         self.delay = settings.max_delay_ms / 1000
-        self.max_in_flight = settings.max_concurrent_batches or max(
-            1, 2 * len(pool.sessions) // runs
-        )
+        self.pool_width = max(1, len(pool.sessions) // runs)  # batches that keep it busy
+        self.max_in_flight = settings.max_concurrent_batches or 2 * self.pool_width
         self._pool = pool
         self._metrics = metrics or ModelMetrics(model.name, model.version)
         self._queue: List[_Request] = []
@@ -152,6 +151,7 @@ class Batcher:
         self._slots: Optional[asyncio.Semaphore] = None
         self._loop_task: Optional[asyncio.Task] = None
         self._in_flight: set = set()
+        self._running = 0  # batches dispatched and not done
 
     async def run(self, feeds: Feeds) -> Dict[str, np.ndarray]:
         rows = len(next(iter(feeds.values())))
@@ -184,30 +184,48 @@ class Batcher:
     async def _batch_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self._queue = [r for r in self._queue if not r.future.done()]  # cancelled clients
+            self._prune()
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
             await self._slots.acquire()
-            size = None
-            while self._queue:
-                size = self._ready()
-                wait = self._queue[0].arrived + self.delay - loop.time()
-                if size is not None or wait <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), wait)
-                except asyncio.TimeoutError:
-                    pass
-            if not self._queue:
+            size = await self._next_size(loop)
+            batch = self._take(size, loop.time()) if size else []
+            if not batch:
                 self._slots.release()
                 continue
-            batch = self._take(size or self.max_batch_size, loop.time())
+            self._running += 1
             task = loop.create_task(self._dispatch(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+
+    async def _next_size(self, loop: asyncio.AbstractEventLoop) -> Optional[int]:
+        """Wait until a batch should leave, and say how many rows: a full or preferred batch
+        leaves at once; fewer rows leave after `max_delay_ms`, and only for an idle session
+        (while every session is busy, a short batch would only queue behind, and more rows
+        may come to fill it)."""
+        while True:
+            self._prune()
+            if not self._queue:
+                return None
+            size = self._ready()
+            if size is not None:
+                return size
+            idle = self._running < self.pool_width
+            wait = self._queue[0].arrived + self.delay - loop.time()
+            if idle and wait <= 0:
+                return self.max_batch_size
+            self._arrived.clear()  # set by an arrival, or when a batch is done
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait if idle else None)
+            except asyncio.TimeoutError:
+                pass
+
+    def _prune(self) -> None:
+        """Forget requests whose clients are gone (cancelled) or that already failed."""
+        if any(r.future.done() for r in self._queue):
+            self._queue = [r for r in self._queue if not r.future.done()]
 
     def _stopped(self, task: asyncio.Task) -> None:
         """A batching loop that died of a bug fails what it held; the next request restarts it."""
@@ -223,7 +241,7 @@ class Batcher:
         for request in self._queue:
             if room == 0:
                 break
-            if request.key != key or request.future.done():
+            if request.key != key:
                 continue
             rows = min(room, request.rows - request.taken)
             batch.append(_Slice(request, request.taken, request.taken + rows))
@@ -258,6 +276,7 @@ class Batcher:
                 )
                 offset += rows
         finally:
+            self._running -= 1
             self._slots.release()
             self._arrived.set()
 

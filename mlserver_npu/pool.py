@@ -83,7 +83,7 @@ class SessionPool:
         parts = await asyncio.gather(
             *(
                 self._run_on_least_busy(
-                    {name: _pad(array[start : start + size], size) for name, array in feeds.items()},
+                    {name: _pad(a[start : start + size], size) for name, a in feeds.items()},
                     min(size, rows - start),
                 )
                 for start in range(0, max(rows, 1), size)

@@ -39,9 +39,9 @@ class NPURuntime(MLModel):
             raise ModelLoadError(self.name, str(error)) from error
         try:
             self._inputs, self._outputs = self._processing(config)
-            self._batcher = (
-                Batcher(self._pool, config.batching, self.settings) if config.batching is not None else None
-            )
+            self._batcher = None
+            if config.batching is not None:
+                self._batcher = Batcher(self._pool, config.batching, self.settings)
         except ConfigurationError as error:
             await self._pool.close()
             raise ModelLoadError(self.name, str(error)) from error

@@ -16,45 +16,39 @@ from onnx import TensorProto, helper, numpy_helper
 
 import reference
 from reference import v2_input
-from server import MODEL_REPOSITORY, Server, copy_model
+from server import MODEL_REPOSITORY, Server, copy_model, copy_repository
 
 # A long delay makes the tests deterministic: a batch leaves only when it is full.
 WAIT = 5000
 
 
-def _row_sums_model(path):
-    """y = x.sum(axis=1) for x of any [N, M]: rows of different widths cannot be merged."""
-    graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], "row_sums",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "M"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
-        initializer=[numpy_helper.from_array(np.array([1], np.int64), "axes")],
-    )
+def _save_model(path, node, inputs, outputs, initializer):
+    graph = helper.make_graph([node], node.op_type, inputs, outputs, initializer=initializer)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, path)
+
+
+def _row_sums_model(path):
+    """y = x.sum(axis=1) for x of any [N, M]: rows of different widths cannot be merged."""
+    _save_model(path, helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0),
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "M"])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+                [numpy_helper.from_array(np.array([1], np.int64), "axes")])
 
 
 def _gather_model(path):
     """y = table[idx]: an index out of range passes every check but fails the device run."""
-    table = numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), "table")
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)], "gather",
-        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-        initializer=[table],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
+    _save_model(path, helper.make_node("Gather", ["table", "idx"], ["y"], axis=0),
+                [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                [numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), "table")])
 
 
 @pytest.fixture(scope="module")
 def batch_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("batcher")
-    repository = root / "repository"
-    repository.mkdir()
-    (repository / "settings.json").write_text((MODEL_REPOSITORY / "settings.json").read_text())
+    repository = copy_repository(root / "repository", models=[])  # settings.json only
     copy_model(MODEL_REPOSITORY / "digits", repository, "ours",
                {"batching": {"max_batch_size": 8, "max_delay_ms": 30}})
     copy_model(MODEL_REPOSITORY / "digits-b4", repository, "ours-b4",

@@ -4,8 +4,8 @@ runs through the plugin's real furiosa backend onto this device instead of a War
 
 Each device in the `device` list is one processing element (PE): a thread that takes runs from
 its queue one at a time, back to back as a device does (the host's event loop only submits
-and collects), each taking a fixed time whatever the rows, sleeping without CPU or GIL. The model is compiled for a static batch (`batch_size`, which fills a dynamic
-axis 0). Outputs are real: the ONNX file runs on onnxruntime. The time per run is `run_ms` in
+and collects), each taking a fixed time whatever the rows, sleeping without CPU or GIL. The
+model is compiled for a static batch (`batch_size`, which fills a dynamic axis 0). Outputs are real: the ONNX file runs on onnxruntime. The time per run is `run_ms` in
 `simulated-npu.json` beside the model file.
 """
 import asyncio
