@@ -3,6 +3,7 @@
 A model compiled for a static batch (axis 0 fixed, as NPU compilers and most TFLite exports
 do) takes any batch from clients: a large batch is split into runs of the static size that go
 to several sessions at once, a short one is padded, and the padding is cut from the outputs.
+Each device run records its request rows (padding excluded) in `mlserver_npu_batch_rows`.
 """
 import asyncio
 import dataclasses
