@@ -12,7 +12,7 @@ from . import report
 from .runner import Settings, finish_load, load_timeout, servers, start_load
 from .workloads import TARGETS, WORKLOADS, plan
 
-QUICK = {"models": "digits", "concurrency": "1,4", "duration": 0.5, "warmup": 0.3}
+QUICK = {"models": "digits,npu-sim", "concurrency": "1,4", "duration": 0.5, "warmup": 0.3}
 DEFAULTS = {"models": ",".join(WORKLOADS), "concurrency": "1,4,16,64", "duration": 10.0,
             "warmup": 2.0}
 
@@ -28,7 +28,7 @@ def names(value: str, known: Dict[str, Any], what: str) -> List[str]:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--models", help=f"workloads, comma-separated: {', '.join(WORKLOADS)} "
-                        "(default: all; --quick: digits)")
+                        "(default: all; --quick: digits,npu-sim)")
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help=f"servers under test, comma-separated (default: all): "
                         f"{', '.join(TARGETS)}")
@@ -88,6 +88,10 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{info['loadavg_at_start'][0]:.2f}; {args.threads} intra-op thread(s); "
           f"{args.duration:g} s per point after {args.warmup:g} s warm-up\n")
     print(report.table(rows))
+    capacity = report.capacity_table(rows)
+    if capacity:
+        print("\nSimulated NPUs: fraction of device capacity reaching clients:")
+        print(capacity)
     print("\nGoals (ratios of throughput within this run):")
     print(report.goals_text(goals))
     results = {"command": command, "machine": info, "seconds": round(time.time() - started, 1),

@@ -82,12 +82,35 @@ def goals(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     results = []
     for goal in GOALS:
         top = _rps(rows, goal.workload, goal.numerator, goal.concurrency)
-        bottom = _rps(rows, goal.workload, goal.denominator, goal.concurrency)
+        if goal.denominator == "capacity":
+            bottom = WORKLOADS[goal.workload].device.capacity if top else None
+        else:
+            bottom = _rps(rows, goal.workload, goal.denominator, goal.concurrency)
         ratio = top / bottom if top and bottom else None
         met = None if ratio is None or goal.threshold is None else ratio >= goal.threshold
         results.append({"goal": goal.label, "ratio": ratio, "threshold": goal.threshold,
                         "met": met})
     return results
+
+
+def capacity_table(rows: List[Dict[str, Any]]) -> str:
+    """For simulated NPUs: the fraction of the device's capacity (rows/s) that reached
+    clients, per target and concurrency (every client sends one row per request)."""
+    measured = [r for r in rows if r.get("requests") and WORKLOADS[r["workload"]].device]
+    concurrency = sorted({r["concurrency"] for r in measured})
+    if not measured:
+        return ""
+    lines = ["| workload | capacity rows/s | target | "
+             + " | ".join(f"c={c}" for c in concurrency) + " |",
+             "|---|--:|---|" + "--:|" * len(concurrency)]
+    pairs = list(dict.fromkeys((r["workload"], r["target"]) for r in measured))
+    for workload, target in pairs:
+        capacity = WORKLOADS[workload].device.capacity
+        cells = [_rps(measured, workload, target, c) for c in concurrency]
+        lines.append(f"| {workload} | {capacity:,.0f} | {target} | "
+                     + " | ".join("-" if v is None else f"{v / capacity:.2f}" for v in cells)
+                     + " |")
+    return "\n".join(lines)
 
 
 def goals_text(results: List[Dict[str, Any]]) -> str:

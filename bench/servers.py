@@ -16,6 +16,9 @@ import httpx
 
 from .workloads import REPO, Target, Workload
 
+# The simulated NPU (a `furiosa.runtime` of its own) goes first on MLServer's path.
+SIMULATED_NPU = Path(__file__).resolve().with_name("simulated_npu")
+
 
 def _tests_server_module():
     """tests/server.py by path: `tests` is no package, and must not become one for pytest."""
@@ -63,8 +66,15 @@ def _model_settings(workload: Workload, target: Target, threads: int,
     extra.update(workload.npu_extra(labels_file(workload, folder)))
     settings["name"] = name
     settings["parameters"]["uri"] = str(workload.model_file)
+    if workload.device is not None:  # the device file beside the model, as a compiler's
+        shutil.copy(workload.model_file, folder / "model.onnx")
+        (folder / "simulated-npu.json").write_text(json.dumps({"run_ms": workload.device.run_ms}))
+        settings["parameters"]["uri"] = "./model.onnx"
     if target.variant == "batching":
         settings["max_batch_size"], settings["max_batch_time"] = batching
+    if target.variant == "batcher":
+        size, seconds = batching
+        extra["batching"] = {"max_batch_size": size, "max_delay_ms": seconds * 1000}
     return settings
 
 
@@ -86,7 +96,8 @@ def write_repository(root: Path, pairs: Iterable[Tuple[Workload, Target]], threa
 def start_mlserver(root: Path, pairs: List[Tuple[Workload, Target]], threads: int,
                    batching: Tuple[int, float]) -> "MLServer":
     repository = write_repository(root / "model-repository", pairs, threads, batching)
-    return MLServer(repository, root)
+    simulated = any(workload.device is not None for workload, _ in pairs)
+    return MLServer(repository, root, env={"PYTHONPATH": str(SIMULATED_NPU)} if simulated else None)
 
 
 class FastAPIServer:

@@ -42,6 +42,25 @@ def sample_jpeg(width: int = 640, height: int = 480) -> bytes:
 
 
 @dataclass(frozen=True)
+class SimulatedDevice:
+    """An NPU compiled for a static `batch`, `pes` processing elements each taking `run_ms`
+    per run whatever the rows (bench/simulated_npu)."""
+
+    batch: int
+    run_ms: float
+    pes: int
+
+    @property
+    def capacity(self) -> float:
+        """Rows per second the device can compute: K x batch / time per run."""
+        return self.pes * self.batch * 1000 / self.run_ms
+
+    def extra(self) -> Dict[str, Any]:
+        devices = ",".join(f"npu:{pe // 2}:{pe % 2}" for pe in range(self.pes))
+        return {"backend": "furiosa", "device": devices, "options": {"batch_size": self.batch}}
+
+
+@dataclass(frozen=True)
 class Workload:
     """One model and the single-item request every client sends for it."""
 
@@ -52,6 +71,7 @@ class Workload:
     sample: Optional[Callable[[], np.ndarray]] = None  # tensor workloads
     image: bool = False  # JPEG bytes in, top-5 labels out
     top_k: int = 5
+    device: Optional[SimulatedDevice] = None  # the model runs on a simulated NPU
 
     @property
     def model_file(self) -> Path:
@@ -80,6 +100,8 @@ class Workload:
 
     def npu_extra(self, labels: Path) -> Dict[str, Any]:
         """`parameters.extra` keys this workload adds to the model's own (threads aside)."""
+        if self.device is not None:
+            return self.device.extra()
         if not self.image:
             return {}
         return {
@@ -99,6 +121,12 @@ WORKLOADS: Dict[str, Workload] = {
         Workload("image", "squeezenet", "data_0",
                  "image path: a 640x480 JPEG in, imagenet preprocessing, top-5 labels out",
                  image=True),
+        Workload("npu-sim", "digits", "input",
+                 "simulated NPU: batch 8, 16 ms per run, 2 PEs = 1,000 rows/s; FP32 [1, 64]",
+                 sample=_digits_sample, device=SimulatedDevice(batch=8, run_ms=16, pes=2)),
+        Workload("npu-sim-fast", "digits", "input",
+                 "fast simulated NPU: batch 8, 1 ms per run, 2 PEs = 16,000 rows/s",
+                 sample=_digits_sample, device=SimulatedDevice(batch=8, run_ms=1, pes=2)),
     ]
 }
 
@@ -115,6 +143,10 @@ class Target:
 
     def model_name(self, workload: Workload) -> str:
         return f"{workload.name}-{self.variant}" if self.variant else workload.name
+
+    def serves(self, workload: Workload) -> bool:
+        """A simulated NPU exists only behind mlserver-npu (no raw, FastAPI or echo case)."""
+        return workload.device is None or (self.server == "mlserver" and self.variant != "echo")
 
     def protocol_for(self, workload: Workload) -> str:
         if self.server == "fastapi":
@@ -134,6 +166,10 @@ TARGETS: Dict[str, Target] = {
                "mlserver-npu with adaptive batching, REST"),
         Target("npu-batch-grpc", "mlserver", "grpc", "batching",
                "mlserver-npu with adaptive batching, gRPC"),
+        Target("npu-batcher-rest", "mlserver", "rest", "batcher",
+               "mlserver-npu with its own batcher (parameters.extra.batching), REST"),
+        Target("npu-batcher-grpc", "mlserver", "grpc", "batcher",
+               "mlserver-npu with its own batcher (parameters.extra.batching), gRPC"),
         Target("echo-rest", "mlserver", "rest", "echo",
                "MLServer's floor: an echo MLModel, REST"),
         Target("echo-grpc", "mlserver", "grpc", "echo",
@@ -153,7 +189,7 @@ class Goal:
     workload: str
     concurrency: int
     numerator: str  # target names
-    denominator: str
+    denominator: str  # or "capacity": the workload's simulated device capacity
     threshold: Optional[float]
 
 
@@ -168,9 +204,16 @@ GOALS: List[Goal] = [
          "npu-batch-grpc", "npu-grpc", None),
     Goal("batching gain, squeezenet @16 REST", "squeezenet", 16,
          "npu-batch-rest", "npu-rest", None),
+    Goal("simulated NPU @64 gRPC, our batcher: fraction of device capacity", "npu-sim", 64,
+         "npu-batcher-grpc", "capacity", 0.85),
+    Goal("simulated NPU @64 REST, our batcher: fraction of device capacity", "npu-sim", 64,
+         "npu-batcher-rest", "capacity", None),
+    Goal("simulated NPU @64 gRPC, MLServer's batching: fraction of device capacity", "npu-sim",
+         64, "npu-batch-grpc", "capacity", None),
 ]
 
 
 def plan(workloads: List[str], targets: List[str]) -> List[Tuple[Workload, Target]]:
     """Every (workload, target) pair to measure, in a stable order."""
-    return [(WORKLOADS[w], TARGETS[t]) for w in workloads for t in targets]
+    pairs = [(WORKLOADS[w], TARGETS[t]) for w in workloads for t in targets]
+    return [(workload, target) for workload, target in pairs if target.serves(workload)]

@@ -3,6 +3,7 @@
 A model compiled for a static batch (axis 0 fixed, as NPU compilers and most TFLite exports
 do) takes any batch from clients: a large batch is split into runs of the static size that go
 to several sessions at once, a short one is padded, and the padding is cut from the outputs.
+Each device run records its request rows (padding excluded) in `mlserver_npu_batch_rows`.
 """
 import asyncio
 import dataclasses
@@ -11,7 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .backends import Session, TensorSpec
-from .metrics import SessionMetrics
+from .metrics import ModelMetrics, SessionMetrics
 
 
 def static_batch(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Optional[int]:
@@ -54,6 +55,7 @@ class SessionPool:
         self.in_flight = [0] * len(sessions)
         self.batch_size = static_batch(sessions[0].inputs, sessions[0].outputs)
         self._metrics = SessionMetrics(model_name, model_version, self.devices)
+        self._model_metrics = ModelMetrics(model_name, model_version)
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -76,13 +78,14 @@ class SessionPool:
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         size = self.batch_size
-        if size is None:
-            return await self._run_on_least_busy(feeds)
         rows = len(next(iter(feeds.values())))
+        if size is None:
+            return await self._run_on_least_busy(feeds, rows)
         parts = await asyncio.gather(
             *(
                 self._run_on_least_busy(
-                    {name: _pad(array[start : start + size], size) for name, array in feeds.items()}
+                    {name: _pad(a[start : start + size], size) for name, a in feeds.items()},
+                    min(size, rows - start),
                 )
                 for start in range(0, max(rows, 1), size)
             )
@@ -92,11 +95,15 @@ class SessionPool:
             for spec in self.sessions[0].outputs
         }
 
-    async def _run_on_least_busy(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    async def _run_on_least_busy(
+        self, feeds: Mapping[str, np.ndarray], rows: int
+    ) -> Dict[str, np.ndarray]:
+        """One device run; `rows` of its batch are the requests' (the rest is padding)."""
         # min() keeps the first of equals, so an idle pool always starts at session 0.
         index = min(range(len(self.sessions)), key=self.in_flight.__getitem__)
         self.in_flight[index] += 1
         self._metrics.started(index)
+        self._model_metrics.rows(rows)
         try:
             return await self.sessions[index].run(feeds)
         finally:

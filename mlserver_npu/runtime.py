@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from . import wire
 from .backends import BackendError, InvalidInput, get_backend, session_details
+from .batcher import Batcher
 from .errors import ConfigurationError, ModelLoadError
 from .pool import SessionPool
 from .processing.classification import Classifier
@@ -59,6 +60,9 @@ class NPURuntime(MLModel):
                 self._pool = await self._open_pool(config)
                 try:
                     self._inputs, self._outputs = self._processing(config)
+                    self._batcher = None
+                    if config.batching is not None:
+                        self._batcher = Batcher(self._pool, config.batching, self.settings)
                 except ConfigurationError:
                     await self._pool.close()
                     raise
@@ -142,7 +146,8 @@ class NPURuntime(MLModel):
         feeds = await self._inputs.decode(payload.inputs)
         plan = self._outputs.plan(payload.outputs)
         try:
-            results = await self._pool.run(feeds)
+            runner = self._batcher or self._pool
+            results = await runner.run(feeds)
         except InvalidInput as error:
             raise InferenceError(f"the model rejected the inputs: {error}") from error
         return InferenceResponse(
@@ -171,6 +176,9 @@ class NPURuntime(MLModel):
         if getattr(self, "_zero_copy", False):
             wire.unregister(self.settings)
             self._zero_copy = False
+        if getattr(self, "_batcher", None) is not None:
+            await self._batcher.close()
+            self._batcher = None
         pool = getattr(self, "_pool", None)
         if pool is not None:
             await pool.close()

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Literal, Optional, Type
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .batcher import BatchingSettings
 from .processing.classification import ClassificationSettings
 from .processing.preprocess import PreprocessOps
 
@@ -50,6 +51,9 @@ class NPUSettings(BaseModel):
     sessions: int = Field(1, ge=1, description="Sessions (replicas) per device.")
     options: Dict[str, Any] = Field(
         default_factory=dict, description="Backend options, validated by the backend."
+    )
+    batching: Optional[BatchingSettings] = Field(
+        None, description="The plugin's dynamic batcher (off when absent)."
     )
     sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     max_image_pixels: Optional[int] = Field(

@@ -1,5 +1,6 @@
-"""The benchmark command still runs: a few seconds on the tiny model (`--quick`), every target
-measured, each point with requests served and no errors. Speed is not checked here."""
+"""The benchmark command still runs: a few seconds on the tiny model and the simulated NPU
+(`--quick`), every target measured, each point with requests served and no errors. Speed is
+not checked here."""
 import json
 import subprocess
 import sys
@@ -7,8 +8,11 @@ from pathlib import Path
 
 from server import REPO
 
-TARGETS = ["raw", "npu-rest", "npu-grpc", "npu-batch-rest", "npu-batch-grpc", "echo-rest",
-           "echo-grpc", "fastapi"]
+NPU_TARGETS = ["npu-rest", "npu-grpc", "npu-batch-rest", "npu-batch-grpc", "npu-batcher-rest",
+               "npu-batcher-grpc"]
+TARGETS = ["raw", *NPU_TARGETS, "echo-rest", "echo-grpc", "fastapi"]
+# The simulated NPU exists only behind mlserver-npu.
+PLAN = [("digits", t) for t in TARGETS] + [("npu-sim", t) for t in NPU_TARGETS]
 
 
 def test_bench_quick_measures_every_target(tmp_path: Path):
@@ -16,19 +20,24 @@ def test_bench_quick_measures_every_target(tmp_path: Path):
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out),
          "--plot", str(tmp_path / "throughput.png")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["target"], r.get("concurrency")) for r in rows] == [
-        (target, concurrency) for target in TARGETS for concurrency in (1, 4)
+    assert [(r["workload"], r["target"], r.get("concurrency")) for r in rows] == [
+        (workload, target, concurrency) for workload, target in PLAN for concurrency in (1, 4)
     ], rows
     for row in rows:
-        assert row["workload"] == "digits"
         assert row["requests"] > 0 and row["rps"] > 0 and row["errors"] == 0, row
         assert row["p50_ms"] <= row["p99_ms"]
         assert row["server_cpu_ms"] > 0, row
     # The printed table has the same rows, and the plot was drawn.
-    table = [line for line in completed.stdout.splitlines() if line.startswith("| digits |")]
-    assert [line.split("|")[2].strip() for line in table] == [r["target"] for r in rows]
+    table = [line.split("|")[1:3] for line in completed.stdout.splitlines()
+             if line.startswith(("| digits |", "| npu-sim |"))]
+    assert [(w.strip(), t.strip()) for w, t in table[:len(rows)]] == [
+        (r["workload"], r["target"]) for r in rows]
+    # ... and the simulated NPU's share of its capacity, per target
+    capacity = completed.stdout.split("fraction of device capacity reaching clients:")[1]
+    assert [line.split("|")[3].strip() for line in capacity.splitlines()
+            if line.startswith("| npu-sim |")] == NPU_TARGETS
     assert (tmp_path / "throughput.png").stat().st_size > 0
