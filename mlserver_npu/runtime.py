@@ -3,6 +3,7 @@ settings -> source -> backend sessions -> pool -> processing; request -> inputs 
 preprocessing) -> pool -> outputs (postprocessing, codecs) -> response."""
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Tuple
 
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from .backends import BackendError, InvalidInput, get_backend
 from .errors import ConfigurationError, ModelLoadError
+from .metrics import ModelMetrics, stage
 from .pool import SessionPool
 from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
@@ -31,6 +33,8 @@ logger = logging.getLogger("mlserver.npu")
 
 class NPURuntime(MLModel):
     async def load(self) -> bool:
+        started = time.perf_counter()
+        self._metrics = ModelMetrics(self.name, self.version)
         try:
             config = self._parse_settings()
             self._pool = await self._open_pool(config)
@@ -49,6 +53,7 @@ class NPURuntime(MLModel):
             "Model '%s': %s (sha256 %s) on %s",
             self.name, self._model_path.name, self._sha256, ", ".join(self._pool.devices),
         )
+        self._metrics.load(time.perf_counter() - started)
         return True
 
     def _processing(self, config: NPUSettings) -> Tuple[InputDecoder, OutputEncoder]:
@@ -113,16 +118,19 @@ class NPURuntime(MLModel):
         return pool
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        feeds = await self._inputs.decode(payload.inputs)
-        plan = self._outputs.plan(payload.outputs)
-        try:
-            results = await self._pool.run(feeds)
-        except InvalidInput as error:
-            raise InferenceError(f"the model rejected the inputs: {error}") from error
+        with self._metrics.serving():
+            with stage("decode"):
+                feeds = await self._inputs.decode(payload.inputs)
+                plan = self._outputs.plan(payload.outputs)
+            with stage("device"):
+                try:
+                    results = await self._pool.run(feeds)
+                except InvalidInput as error:
+                    raise InferenceError(f"the model rejected the inputs: {error}") from error
+            with stage("encode"):
+                outputs = self._outputs.encode(plan, results)
         return InferenceResponse(
-            model_name=self.name,
-            model_version=self.version,
-            outputs=self._outputs.encode(plan, results),
+            model_name=self.name, model_version=self.version, outputs=outputs
         )
 
     async def metadata(self) -> MetadataModelResponse:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import devices
+from . import devices, serve
 
-COMMANDS = [devices]
+COMMANDS = [serve, devices]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
