@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import devices, serve
+from . import devices, init, inspect, serve
 
-COMMANDS = [serve, devices]
+COMMANDS = [serve, init, inspect, devices]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
