@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import devices, init, inspect, serve
+from . import devices, init, inspect, serve, watch
 
-COMMANDS = [serve, init, inspect, devices]
+COMMANDS = [serve, init, inspect, watch, devices]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
