@@ -123,7 +123,7 @@ def test_serve_watch_adds_changes_and_removes_models_while_another_serves(reposi
         _slow_copy(MODEL_REPOSITORY / "digits", repository / "slow")
         wait_for(lambda: ready(server, "slow"), "slow loaded")
         log = server.log()
-        assert "'slow' failed" not in log and "model 'slow' from" in log
+        assert "slow' failed to load" not in log and "model 'slow' from" in log
         assert log.count("model 'slow' from") == 1  # loaded once, when complete
 
         # The atomic way: copy into a hidden folder (ignored), then rename it into place.
