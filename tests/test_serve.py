@@ -2,6 +2,8 @@
 runtimes run directly; a model that cannot load makes it exit non-zero with the reason; the
 per-stage metrics of the requests it served."""
 import base64
+import json
+import re
 import shutil
 import time
 
@@ -114,7 +116,9 @@ def test_stage_metrics_count_every_request_within_its_latency(served):
         response = served.infer("digits-image", body)
         latency += time.perf_counter() - start
         assert response.status_code == 200, response.text
+    start = time.perf_counter()
     bad = served.infer("digits-image", [{**body[0], "data": ["bm90IGFuIGltYWdl"]}])
+    latency += time.perf_counter() - start
     assert bad.status_code == 400, bad.text
 
     samples = _model_samples(served, "digits-image")
@@ -156,3 +160,17 @@ def test_serve_refuses_a_path_without_a_model(tmp_path, name, expected):
     completed = cli("serve", tmp_path / name, cwd=tmp_path)
     assert completed.returncode == 2
     assert expected in completed.stderr, completed.stderr
+
+
+def test_the_grafana_dashboard_queries_metrics_the_server_publishes(served):
+    served.infer("logreg", [v2_input("input", reference.digits(1))])
+    dashboard = json.loads((MODEL_REPOSITORY.parent / "examples" / "grafana-dashboard.json")
+                           .read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bmlserver_npu_\w+", target["expr"])
+    }
+    assert len(queried) >= 6
+    assert queried <= set(served.metrics()), queried - set(served.metrics())
