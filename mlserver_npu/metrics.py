@@ -7,7 +7,11 @@ alone. The first use here registers MLServer's registry into the default one, so
 appear on the metrics port in both modes.
 """
 import logging
-from typing import List, Optional, Tuple
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from mlserver.metrics import REGISTRY
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
@@ -139,3 +143,61 @@ class ModelMetrics:
 
     def request(self, outcome: str) -> None:
         self._requests[outcome].inc()
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Around one request: `stage()` blocks inside it add up per stage; at the end each
+        stage in REQUEST_STAGES (and any other that ran, e.g. `queue`) is observed once, and
+        the outcome counted. A cancelled request (client gone) is not counted."""
+        root = _Block(seconds={})
+        token = _CURRENT.set(root)
+        outcome = None
+        try:
+            yield
+            outcome = "ok"
+        except Exception as error:
+            client = getattr(error, "status_code", 500) < 500
+            outcome = "client_error" if client else "server_error"
+            raise
+        finally:
+            _CURRENT.reset(token)
+            if outcome is not None:
+                for name in dict.fromkeys([*REQUEST_STAGES, *root.seconds]):
+                    self.stage(name, root.seconds.get(name, 0.0))
+                self.request(outcome)
+
+
+# Observed for every request, 0 when the stage had nothing to do (no preprocessing, say);
+# `queue` only when the pool or the batcher timed one.
+REQUEST_STAGES = ("decode", "preprocess", "device", "postprocess", "encode")
+
+
+@dataclass
+class _Block:
+    seconds: Dict[str, float]  # the request's: shared by all its blocks
+    inner: float = 0.0  # seconds of the blocks nested in this one
+
+
+_CURRENT: ContextVar[Optional[_Block]] = ContextVar("mlserver_npu_stage", default=None)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Time a block as stage `name` of the request being served (a no-op outside
+    `ModelMetrics.serving`, e.g. at warm-up). A nested block's time counts for its own
+    stage only, so the stages of a request never add up to more than its time. Works across
+    `asyncio.to_thread`, which copies the context."""
+    parent = _CURRENT.get()
+    if parent is None:
+        yield
+        return
+    block = _Block(parent.seconds)
+    token = _CURRENT.set(block)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        _CURRENT.reset(token)
+        parent.inner += elapsed
+        parent.seconds[name] = parent.seconds.get(name, 0.0) + max(elapsed - block.inner, 0.0)

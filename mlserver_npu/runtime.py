@@ -3,6 +3,7 @@ settings -> source -> backend sessions -> pool -> processing; request -> inputs 
 preprocessing) -> pool -> outputs (postprocessing, codecs) -> response."""
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Tuple
 
@@ -21,6 +22,7 @@ from . import wire
 from .backends import BackendError, InvalidInput, get_backend, session_details
 from .batcher import Batcher
 from .errors import ConfigurationError, ModelLoadError
+from .metrics import ModelMetrics, stage
 from .pool import SessionPool
 from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
@@ -35,6 +37,8 @@ logger = logging.getLogger("mlserver.npu")
 
 class NPURuntime(MLModel):
     async def load(self) -> bool:
+        started = time.perf_counter()
+        self._metrics = ModelMetrics(self.name, self.version)
         anchor_to_model_folder(self.settings)
         try:
             await self._load()
@@ -49,6 +53,7 @@ class NPURuntime(MLModel):
             )
             logger.debug("Traceback of the failed load of '%s'", self.name, exc_info=True)
             raise
+        self._metrics.load(time.perf_counter() - started)
         return True
 
     async def _load(self) -> None:
@@ -143,17 +148,19 @@ class NPURuntime(MLModel):
         return pool
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        feeds = await self._inputs.decode(payload.inputs)
-        plan = self._outputs.plan(payload.outputs)
-        try:
-            runner = self._batcher or self._pool
-            results = await runner.run(feeds)
-        except InvalidInput as error:
-            raise InferenceError(f"the model rejected the inputs: {error}") from error
+        with self._metrics.serving():
+            with stage("decode"):
+                feeds = await self._inputs.decode(payload.inputs)
+                plan = self._outputs.plan(payload.outputs)
+            with stage("device"):
+                try:
+                    results = await (self._batcher or self._pool).run(feeds)
+                except InvalidInput as error:
+                    raise InferenceError(f"the model rejected the inputs: {error}") from error
+            with stage("encode"):
+                outputs = self._outputs.encode(plan, results, wire.carries_arrays(payload))
         return InferenceResponse(
-            model_name=self.name,
-            model_version=self.version,
-            outputs=self._outputs.encode(plan, results, wire.carries_arrays(payload)),
+            model_name=self.name, model_version=self.version, outputs=outputs
         )
 
     async def metadata(self) -> MetadataModelResponse:

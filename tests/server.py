@@ -103,23 +103,16 @@ class Server:
         )
         server_settings.update(settings or {})
         (repository / "settings.json").write_text(json.dumps(server_settings, indent=2))
+        self._spawn([str(MLSERVER), "start", str(repository)], workdir, env)
+
+    def _spawn(self, command: list, workdir: Path, env: Optional[Dict[str, str]]) -> None:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
-        self.log_path = workdir / "mlserver.log"
-        extra_env = dict(env or {})
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [extra_env.pop("PYTHONPATH", None), str(REPO), env.get("PYTHONPATH")])
-        )
-        env.update(extra_env)
+        self.log_path = workdir / f"{self.name}.log"
         self._log = open(self.log_path, "wb")
         # MLServer writes .metrics/ and .envs/ into its working directory.
         self.process = subprocess.Popen(
-            [str(MLSERVER), "start", str(repository)],
-            cwd=workdir,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            command, cwd=workdir, env=server_env(env), stdout=self._log, stderr=subprocess.STDOUT
         )
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
@@ -147,8 +140,12 @@ class Server:
         attempts: int = 3,
     ) -> "Server":
         """A ready server; new ports when a free port was taken before mlserver bound it."""
+        return cls._start(lambda: cls(repository, workdir, settings, env), attempts)
+
+    @staticmethod
+    def _start(new: Callable[[], "Server"], attempts: int = 3) -> "Server":
         for attempt in range(attempts):
-            server = cls(repository, workdir, settings, env)
+            server = new()
             try:
                 return server.wait_ready()
             except (RuntimeError, AssertionError):
@@ -190,6 +187,44 @@ class Server:
         self.http.close()
         terminate(self.process)
         self._log.close()
+
+
+class Serve(Server):
+    """`mlserver-npu serve ARGS...` of this checkout, on free loopback ports."""
+
+    def __init__(self, args: list, workdir: Path, env: Optional[Dict[str, str]] = None):
+        self.name = f"mlserver-npu-serve-{uuid.uuid4().hex[:8]}"
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        command = [
+            sys.executable, "-m", "mlserver_npu.cli", "serve", *map(str, args),
+            "--host", "127.0.0.1", "--http-port", str(self.http_port),
+            "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+        ]
+        self._spawn(command, workdir, {"MLSERVER_SERVER_NAME": self.name, **(env or {})})
+
+    @classmethod
+    def start(cls, args: list, workdir: Path, env: Optional[Dict[str, str]] = None) -> "Serve":
+        return cls._start(lambda: cls(args, workdir, env))  # type: ignore[return-value]
+
+
+def server_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """This environment with `env` added, this checkout first on PYTHONPATH (after env's)."""
+    extra = dict(env or {})
+    merged = dict(os.environ)
+    merged["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [extra.pop("PYTHONPATH", None), str(REPO), merged.get("PYTHONPATH")])
+    )
+    merged.update(extra)
+    return merged
+
+
+def cli(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 180,
+        cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """`mlserver-npu ARGS...` of this checkout, to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlserver_npu.cli", *map(str, args)],
+        capture_output=True, text=True, env=server_env(env), timeout=timeout, cwd=cwd,
+    )
 
 
 def wait_until_ready(

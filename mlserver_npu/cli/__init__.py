@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import compile, devices
+from . import compile, devices, init, inspect, serve, watch
 
-COMMANDS = [compile, devices]
+COMMANDS = [serve, init, inspect, watch, compile, devices]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -11,6 +11,7 @@ from mlserver.types import MetadataTensor, Parameters, RequestInput
 from ..backends import TensorSpec
 from ..codecs.image import CONTENT_TYPE as IMAGE, decode_images
 from ..errors import ConfigurationError, shorten
+from ..metrics import stage
 from ..tensors import content_type_of, decode_input, decode_inputs, metadata_of
 from .preprocess import PreprocessError, Preprocessor
 
@@ -75,7 +76,8 @@ class InputDecoder:
             )
         images = decode_images(request_input, self._max_pixels, preprocessor.draft_size)
         try:
-            return preprocessor(images)
+            with stage("preprocess"):
+                return preprocessor(images)
         except PreprocessError as error:
             where = "" if error.index is None else f", batch index {error.index}"
             raise InferenceError(f"input {shorten(request_input.name)}{where}: {error}") from None

@@ -15,6 +15,7 @@ from mlserver.types import MetadataTensor, RequestOutput, ResponseOutput
 from ..backends import TensorSpec
 from ..codecs.image import CONTENT_TYPE as IMAGE, ImageCodec
 from ..errors import shorten
+from ..metrics import stage
 from ..tensors import content_type_of, encode_output, metadata_of, requested_outputs
 from .classification import Classifier, classify
 
@@ -116,7 +117,8 @@ class OutputEncoder:
                 labels = self.classifier.labels if configured else None
                 softmax = self.classifier.softmax if configured else False
                 try:
-                    strings = classify(array, item.top_k, labels, softmax)
+                    with stage("postprocess"):
+                        strings = classify(array, item.top_k, labels, softmax)
                 except ValueError as error:
                     raise InferenceError(f"output '{item.name}': {error}") from None
                 outputs.append(encode_output(item.name, strings))

@@ -1,0 +1,118 @@
+"""`mlserver-npu inspect MODEL_FILE|FOLDER [--json]`: what a model is and whether it loads.
+
+The model is loaded exactly as the server would load it (NPURuntime.load: the same settings
+validation, source, backend, processing and warm-up), described from its metadata, and
+unloaded; nothing is served.
+"""
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from mlserver.settings import ModelSettings
+
+from ..backends import BackendError, get_backend
+from ..repository import RepositoryError, units
+from ..runtime import NPURuntime
+from ..sources import resolve_model
+
+
+def _tensors(tensors: Optional[List[Any]]) -> List[Dict[str, Any]]:
+    described = []
+    for tensor in tensors or []:
+        item = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        content_type = tensor.parameters.content_type if tensor.parameters else None
+        if content_type:
+            item["content_type"] = content_type
+        described.append(item)
+    return described
+
+
+async def describe(settings: ModelSettings) -> Dict[str, Any]:
+    """{"name", "valid", ...}: the signature, file and devices of a model that loads, or
+    {"valid": False, "error": reason} for one that does not."""
+    report: Dict[str, Any] = {"name": settings.name}
+    model = NPURuntime(settings)
+    try:
+        await model.load()
+    except Exception as error:
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+        return {**report, "valid": False, "error": reason}
+    try:
+        metadata = await model.metadata()
+        source = await resolve_model(settings)
+    finally:
+        await model.unload()
+    parameters = metadata.parameters.model_dump() if metadata.parameters else {}
+    backend = parameters.get("backend")
+    try:
+        available = get_backend(backend).available_devices()
+    except BackendError:
+        available = []
+    return {
+        **report,
+        "valid": True,
+        "model_file": str(source.path),
+        "size": source.path.stat().st_size,
+        "sha256": source.sha256,
+        "backend": backend,
+        "devices": parameters.get("devices", "").split(","),
+        "available_devices": available,
+        "static_batch": parameters.get("static_batch"),
+        "inputs": _tensors(metadata.inputs),
+        "outputs": _tensors(metadata.outputs),
+        "warnings": parameters.get("warnings"),
+    }
+
+
+def _print(report: Dict[str, Any]) -> None:
+    print(f"model    {report['name']}  ({report['path']})")
+    if not report["valid"]:
+        print(f"INVALID  {report['error']}")
+        return
+    print(f"file     {report['model_file']}  {report['size']} bytes  sha256 {report['sha256']}")
+    print(f"backend  {report['backend']} on {', '.join(report['devices'])} "
+          f"(available here: {', '.join(report['available_devices']) or 'none'})")
+    if report["static_batch"]:
+        print(f"batch    static {report['static_batch']} (requests of any size are split and padded)")
+    for kind in ["inputs", "outputs"]:
+        for tensor in report[kind]:
+            shape = "[" + ", ".join(map(str, tensor["shape"])) + "]"
+            image = "  image" if tensor.get("content_type") == "image" else ""
+            print(f"{kind[:-1]:<8} {tensor['name']}  {tensor['datatype']} {shape}{image}")
+    if report["warnings"]:
+        print(f"warning  {report['warnings']}")
+
+
+NAME = "inspect"
+HELP = "describe a model file or folder and check that it loads, without serving it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="MODEL_FILE|FOLDER")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    try:
+        found = units([path])
+        if len(found) != 1:
+            raise RepositoryError(
+                f"'{path}' holds {len(found)} models: inspect one model file or folder"
+            )
+        settings = found[0].read(None, {})
+    except RepositoryError as error:
+        report = {"name": None, "valid": False, "error": str(error)}
+    else:
+        report = asyncio.run(describe(settings))
+    report = {"path": str(path), "kind": "file" if path.is_file() else "folder", **report}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print(report)
+    if not report["valid"]:
+        print(f"mlserver-npu inspect: {report['error']}", file=sys.stderr)
+    return 0 if report["valid"] else 1

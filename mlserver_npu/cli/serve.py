@@ -1,0 +1,167 @@
+"""`mlserver-npu serve PATH...`: model files, folders or repositories served by MLServer in
+one command, with this project's recommended server settings; non-zero exit when a model
+fails to load at start-up (MLServer 1.7.1's `mlserver start` exits 0 then)."""
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from mlserver import MLServer
+from mlserver.logging import configure_logger
+from mlserver.settings import ModelSettings, Settings
+from mlserver.utils import install_uvloop_event_loop
+
+from ..repository import PathsRepository, RepositoryError
+from ..watch import ServerDriver, Watcher
+
+# As model-repository/settings.json: models run in this process's threads, and gRPC takes
+# requests up to 64 MiB (224x224 float batches). MLSERVER_* variables still win.
+RECOMMENDED: Dict[str, Any] = {
+    "debug": False,
+    "parallel_workers": 0,
+    "grpc_max_message_length": 64 * 2**20,
+}
+DEFAULT_POLL_SECONDS = 2.0
+
+
+def add_extra_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --sessions, as `init` takes them too."""
+    parser.add_argument("--device", help="parameters.extra.device for every model (e.g. cpu)")
+    parser.add_argument("--sessions", type=int, help="parameters.extra.sessions for every model")
+
+
+def extra_of(args: argparse.Namespace) -> Dict[str, Any]:
+    extra = {"device": args.device, "sessions": args.sessions}
+    return {key: value for key, value in extra.items() if value is not None}
+
+
+def add_poll_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--poll-interval", type=float, default=DEFAULT_POLL_SECONDS, metavar="SECONDS",
+        help=f"seconds between two looks at the files (default {DEFAULT_POLL_SECONDS})",
+    )
+
+
+def server_settings(args: argparse.Namespace) -> Settings:
+    """Recommended settings < the settings.json of a repository PATH < the flags."""
+    values = {k: v for k, v in RECOMMENDED.items() if f"MLSERVER_{k.upper()}" not in os.environ}
+    folders = [Path(p) for p in args.paths if Path(p).is_dir()]
+    for folder in folders:
+        if (folder / "settings.json").is_file():
+            values.update(json.loads((folder / "settings.json").read_text()))
+            break
+    flags = {"host": args.host, "http_port": args.http_port, "grpc_port": args.grpc_port,
+             "metrics_port": args.metrics_port}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    values.update(
+        model_repository_root=str(folders[0] if folders else Path.cwd()),
+        model_repository_implementation="mlserver_npu.repository.PathsRepository",
+        model_repository_implementation_args={
+            "paths": [str(Path(p).resolve()) for p in args.paths],
+            "name": args.name,
+            "extra": extra_of(args),
+        },
+        load_models_at_startup=True,
+    )
+    return Settings(**values)
+
+
+def _models(repository: PathsRepository) -> Tuple[List[ModelSettings], List[str]]:
+    models: List[ModelSettings] = []
+    problems: List[str] = []
+    try:
+        units = repository.units()
+    except RepositoryError as error:
+        return models, [str(error)]
+    for unit in units:
+        try:
+            models.append(repository.read(unit))
+        except RepositoryError as error:
+            problems.append(str(error))
+    return models, problems
+
+
+def _where(settings: Settings, models: List[ModelSettings]) -> str:
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "localhost"
+    rest = f"http://{host}:{settings.http_port}"
+    width = max(len(m.name) for m in models)
+    lines = [f"  {m.name:<{width}}  {rest}/v2/models/{m.name}/infer" for m in models]
+    return "\n".join([
+        f"Serving {len(models)} model(s):", *lines,
+        f"REST     {rest}  (API docs: {rest}/v2/docs)",
+        f"gRPC     {host}:{settings.grpc_port}",
+        f"metrics  http://{host}:{settings.metrics_port}{settings.metrics_endpoint or ''}",
+    ])
+
+
+async def serve(settings: Settings, poll_interval: Optional[float]) -> int:
+    repository = PathsRepository(**settings.model_repository_implementation_args)
+    models, problems = _models(repository)
+    if not models and not problems:
+        problems.append(f"no model found in {', '.join(map(str, repository.paths))}")
+    if problems:
+        for problem in problems:
+            print(f"mlserver-npu serve: {problem}", file=sys.stderr)
+        return 2
+    server = MLServer(settings)
+    serving = asyncio.ensure_future(server.start())
+    await asyncio.sleep(0)  # let the servers begin, so that stop() finds them
+    # MLServer.start() would log a failed load and exit 0: load the models ourselves.
+    registry = server._model_registry
+    results = await asyncio.gather(*(registry.load(m) for m in models), return_exceptions=True)
+    failed = [(m.name, r) for m, r in zip(models, results) if isinstance(r, BaseException)]
+    if failed:
+        for name, error in failed:
+            reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+            print(f"mlserver-npu serve: model '{name}' failed to load: {reason}", file=sys.stderr)
+        await server.stop()
+        await serving
+        return 1
+    print(_where(settings, models), flush=True)
+    watching = None
+    if poll_interval is not None:
+        watcher = Watcher(repository, ServerDriver(server._model_repository_handlers),
+                          poll_interval)
+        watcher.adopt({m.name for m in models})
+        watching = asyncio.ensure_future(watcher.run())
+        print(f"Watching {', '.join(map(str, repository.paths))} every {poll_interval:g} s",
+              flush=True)
+    await serving
+    if watching:
+        watching.cancel()
+    return 0
+
+
+NAME = "serve"
+HELP = "serve model files, model folders or repositories (no JSON needed for a file)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="a model file (.onnx, .tflite), a model folder or a repository")
+    parser.add_argument("--name", help="model name for a single model file (default: its stem)")
+    add_extra_arguments(parser)
+    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--http-port", type=int, help="REST port (default 8080)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8081)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (default 8082)")
+    parser.add_argument("--watch", action="store_true",
+                        help="load new, reload changed and unload removed models")
+    add_poll_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.name and (len(args.paths) != 1 or not Path(args.paths[0]).is_file()):
+        print("mlserver-npu serve: --name needs exactly one model file", file=sys.stderr)
+        return 2
+    try:
+        settings = server_settings(args)
+    except (ValueError, OSError) as error:  # a settings.json that is not valid
+        print(f"mlserver-npu serve: {error}", file=sys.stderr)
+        return 2
+    configure_logger(settings)
+    install_uvloop_event_loop()
+    return asyncio.run(serve(settings, args.poll_interval if args.watch else None))
