@@ -1,147 +1,52 @@
 """NPURuntime: MLServer's MLModel for ONNX/TFLite models on NPUs. Thin orchestration only:
-settings -> source -> backend sessions -> pool -> processing; request -> inputs (codecs,
-preprocessing) -> pool -> outputs (postprocessing, codecs) -> response."""
-import asyncio
+the model folder's stages (stages.py: settings -> source -> backend sessions -> pool ->
+processing) serve each request: inputs (codecs, preprocessing) -> pool -> outputs
+(postprocessing, codecs) -> response."""
 import logging
-from pathlib import Path
-from typing import Tuple
 
 from mlserver import MLModel
-from mlserver.errors import InferenceError
 from mlserver.types import (
     InferenceRequest,
     InferenceResponse,
     MetadataModelResponse,
     Parameters,
 )
-from mlserver.utils import to_absolute_path
-from pydantic import ValidationError
 
-from .backends import BackendError, InvalidInput, get_backend
-from .errors import ConfigurationError, ModelLoadError
-from .pool import SessionPool
-from .processing.classification import Classifier
-from .processing.inputs import InputDecoder
-from .processing.outputs import OutputEncoder
-from .settings import NPUEnvironment, NPUSettings, describe_validation_error
-from .sources import SourceError, resolve_model
+from .stages import ModelStages
 
 logger = logging.getLogger("mlserver.npu")
 
 
 class NPURuntime(MLModel):
     async def load(self) -> bool:
-        try:
-            config = self._parse_settings()
-            self._pool = await self._open_pool(config)
-        except (BackendError, SourceError) as error:
-            raise ModelLoadError(self.name, str(error)) from error
-        try:
-            self._inputs, self._outputs = self._processing(config)
-        except ConfigurationError as error:
-            await self._pool.close()
-            raise ModelLoadError(self.name, str(error)) from error
+        self._stages = await ModelStages.open(self.settings)
         if not self.settings.inputs:
-            self.inputs = self._inputs.metadata()
+            self.inputs = self._stages.inputs.metadata()
         if not self.settings.outputs:
-            self.outputs = self._outputs.metadata()
+            self.outputs = self._stages.outputs.metadata()
         logger.info(
             "Model '%s': %s (sha256 %s) on %s",
-            self.name, self._model_path.name, self._sha256, ", ".join(self._pool.devices),
+            self.name, self._stages.model_path.name, self._stages.sha256,
+            ", ".join(self._stages.pool.devices),
         )
         return True
 
-    def _processing(self, config: NPUSettings) -> Tuple[InputDecoder, OutputEncoder]:
-        inputs = InputDecoder(
-            self._pool.inputs,
-            config.preprocess,
-            NPUEnvironment.from_env().max_image_pixels,
-            declared=self.settings.inputs,
-        )
-        classifier = None
-        if config.postprocess is not None:
-            classifier = Classifier.build(
-                config.postprocess,
-                self._pool.outputs,
-                lambda path: Path(to_absolute_path(self.settings, path)),
-            )
-        return inputs, OutputEncoder(self._pool.outputs, classifier, self.settings.outputs)
-
-    def _parse_settings(self) -> NPUSettings:
-        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
-        try:
-            return NPUSettings.model_validate(extra)
-        except ValidationError as error:
-            raise ModelLoadError(
-                self.name, describe_validation_error(error, "parameters.extra", NPUSettings)
-            ) from None
-
-    async def _open_pool(self, config: NPUSettings) -> SessionPool:
-        source = await resolve_model(self.settings, config.sha256)
-        self._model_path, self._sha256 = source.path, source.sha256
-        self._backend = config.backend_for(self._model_path)
-        backend = get_backend(self._backend)
-        try:
-            options = backend.Options.model_validate(config.options)
-        except ValidationError as error:
-            raise ModelLoadError(
-                self.name, describe_validation_error(
-                    error, "parameters.extra.options", backend.Options
-                )
-            ) from None
-        opened = await asyncio.gather(
-            *(
-                backend.open(self._model_path, device, options)
-                for device in config.devices
-                for _ in range(config.sessions)
-            ),
-            return_exceptions=True,
-        )
-        sessions = [s for s in opened if not isinstance(s, BaseException)]
-        failures = [s for s in opened if isinstance(s, BaseException)]
-        pool = SessionPool(sessions, self.name, self.version) if sessions else None
-        try:
-            if failures:
-                raise failures[0]
-            await pool.warm_up()
-        except Exception as error:
-            if pool:
-                await pool.close()
-            if isinstance(error, (BackendError, ModelLoadError)):
-                raise
-            raise BackendError(f"warm-up inference failed: {error}") from error
-        return pool
-
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        feeds = await self._inputs.decode(payload.inputs)
-        plan = self._outputs.plan(payload.outputs)
-        try:
-            results = await self._pool.run(feeds)
-        except InvalidInput as error:
-            raise InferenceError(f"the model rejected the inputs: {error}") from error
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
-            outputs=self._outputs.encode(plan, results),
+            outputs=await self._stages.infer(payload.inputs, payload.outputs),
         )
 
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()
-        if getattr(self, "_pool", None) is not None:
-            parameters = metadata.parameters or Parameters()
-            parameters.backend = self._backend  # type: ignore[attr-defined]
-            parameters.devices = ",".join(self._pool.devices)  # type: ignore[attr-defined]
-            parameters.sha256 = self._sha256  # type: ignore[attr-defined]
-            if self._pool.batch_size is not None:
-                parameters.static_batch = self._pool.batch_size  # type: ignore[attr-defined]
-            if self._pool.warnings:
-                parameters.warnings = "; ".join(self._pool.warnings)  # type: ignore[attr-defined]
-            metadata.parameters = parameters
+        if getattr(self, "_stages", None) is not None:
+            metadata.parameters = self._stages.describe(metadata.parameters or Parameters())
         return metadata
 
     async def unload(self) -> bool:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            await pool.close()
-            self._pool = None
+        stages = getattr(self, "_stages", None)
+        if stages is not None:
+            await stages.close()
+            self._stages = None
         return True

@@ -1,0 +1,158 @@
+"""One model folder's stages, built from its model-settings: the input decoder (codecs and
+preprocessing), the session pool on the devices, and the output encoder (postprocessing and
+codecs). NPURuntime serves one; a Pipeline runs several in one request."""
+import asyncio
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from mlserver.errors import InferenceError
+from mlserver.settings import ModelSettings
+from mlserver.types import Parameters, RequestInput, RequestOutput, ResponseOutput
+from mlserver.utils import to_absolute_path
+from pydantic import ValidationError
+
+from .backends import BackendError, InvalidInput, get_backend
+from .errors import ConfigurationError, ModelLoadError
+from .pool import SessionPool
+from .processing.classification import Classifier
+from .processing.inputs import InputDecoder
+from .processing.outputs import OutputEncoder
+from .settings import NPUEnvironment, NPUSettings, describe_validation_error
+from .sources import SourceError, resolve_model
+
+
+def parse_extra(settings: ModelSettings, model: type, name: str):
+    """`parameters.extra` as the pydantic `model`; a mistake is a load error naming the key."""
+    extra = (settings.parameters.extra if settings.parameters else None) or {}
+    try:
+        return model.model_validate(extra)
+    except ValidationError as error:
+        raise ModelLoadError(
+            name, describe_validation_error(error, "parameters.extra", model)
+        ) from None
+
+
+class ModelStages:
+    """Request tensors -> decoder -> pool -> encoder -> response tensors, for one model."""
+
+    def __init__(
+        self,
+        config: NPUSettings,
+        pool: SessionPool,
+        backend: str,
+        model_path: Path,
+        sha256: str,
+    ):
+        self.config = config
+        self.pool = pool
+        self.backend = backend
+        self.model_path = model_path
+        self.sha256 = sha256
+        self.inputs: InputDecoder
+        self.outputs: OutputEncoder
+
+    @classmethod
+    async def open(cls, settings: ModelSettings, label: Optional[str] = None) -> "ModelStages":
+        """Load the model of `settings`; `label` names it in the metrics (default: its name).
+        Any failure is a ModelLoadError that says why."""
+        name = settings.name
+        version = settings.parameters.version if settings.parameters else None
+        config = parse_extra(settings, NPUSettings, name)
+        try:
+            stages = await cls._open_pool(settings, config, label or name, version)
+        except (BackendError, SourceError) as error:
+            raise ModelLoadError(name, str(error)) from error
+        try:
+            stages.inputs = stages.input_decoder(settings, [s.name for s in stages.pool.inputs])
+            stages.outputs = stages._output_encoder(settings)
+        except ConfigurationError as error:
+            await stages.close()
+            raise ModelLoadError(name, str(error)) from error
+        return stages
+
+    def input_decoder(self, settings: ModelSettings, names: Sequence[str]) -> InputDecoder:
+        """A decoder for the model inputs `names` only (a pipeline feeds the others)."""
+        return InputDecoder(
+            [spec for spec in self.pool.inputs if spec.name in names],
+            self.config.preprocess,
+            NPUEnvironment.from_env().max_image_pixels,
+            declared=settings.inputs,
+        )
+
+    def _output_encoder(self, settings: ModelSettings) -> OutputEncoder:
+        classifier = None
+        if self.config.postprocess is not None:
+            classifier = Classifier.build(
+                self.config.postprocess,
+                self.pool.outputs,
+                lambda path: Path(to_absolute_path(settings, path)),
+            )
+        return OutputEncoder(self.pool.outputs, classifier, settings.outputs, self.inputs.tiled)
+
+    @classmethod
+    async def _open_pool(
+        cls, settings: ModelSettings, config: NPUSettings, name: str, version: Optional[str]
+    ) -> "ModelStages":
+        source = await resolve_model(settings, config.sha256)
+        backend_name = config.backend_for(source.path)
+        backend = get_backend(backend_name)
+        try:
+            options = backend.Options.model_validate(config.options)
+        except ValidationError as error:
+            raise ModelLoadError(
+                settings.name,
+                describe_validation_error(error, "parameters.extra.options", backend.Options),
+            ) from None
+        opened = await asyncio.gather(
+            *(
+                backend.open(source.path, device, options)
+                for device in config.devices
+                for _ in range(config.sessions)
+            ),
+            return_exceptions=True,
+        )
+        sessions = [s for s in opened if not isinstance(s, BaseException)]
+        failures = [s for s in opened if isinstance(s, BaseException)]
+        pool = SessionPool(sessions, name, version) if sessions else None
+        try:
+            if failures:
+                raise failures[0]
+            await pool.warm_up()
+        except Exception as error:
+            if pool:
+                await pool.close()
+            if isinstance(error, (BackendError, ModelLoadError)):
+                raise
+            raise BackendError(f"warm-up inference failed: {error}") from error
+        return cls(config, pool, backend_name, source.path, source.sha256)
+
+    async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        try:
+            return await self.pool.run(feeds)
+        except InvalidInput as error:
+            raise InferenceError(f"the model rejected the inputs: {error}") from error
+
+    async def infer(
+        self,
+        request_inputs: Sequence[RequestInput],
+        request_outputs: Optional[Sequence[RequestOutput]],
+    ) -> List[ResponseOutput]:
+        feeds, tiles = await self.inputs.decode(request_inputs)
+        plan = self.outputs.plan(request_outputs)
+        results = await self.run(feeds)
+        return self.outputs.encode(plan, results, tiles)
+
+    def describe(self, parameters: Parameters) -> Parameters:
+        """Where the model runs, for its metadata's `parameters`."""
+        parameters.backend = self.backend  # type: ignore[attr-defined]
+        parameters.devices = ",".join(self.pool.devices)  # type: ignore[attr-defined]
+        parameters.sha256 = self.sha256  # type: ignore[attr-defined]
+        if self.pool.batch_size is not None:
+            parameters.static_batch = self.pool.batch_size  # type: ignore[attr-defined]
+        if self.pool.warnings:
+            parameters.warnings = "; ".join(self.pool.warnings)  # type: ignore[attr-defined]
+        return parameters
+
+    async def close(self) -> None:
+        await self.pool.close()
