@@ -139,3 +139,19 @@ class ModelMetrics:
 
     def request(self, outcome: str) -> None:
         self._requests[outcome].inc()
+
+
+class StepMetrics:
+    """`mlserver_npu_step_seconds{step}`: time per request in each step of a pipeline, from its
+    inputs being ready to its outputs (decoding of the request tensors it takes included)."""
+
+    def __init__(self, model_name: str, model_version: Optional[str]):
+        self._labels = (model_name, model_version or "")
+        self._steps = _model_metric(
+            Histogram, "mlserver_npu_step_seconds",
+            "Seconds a request spends in one step of a pipeline", MODEL_LABELS + ["step"],
+            buckets=STAGE_BUCKETS,
+        )
+
+    def step(self, step: str, seconds: float) -> None:
+        self._steps.labels(*self._labels, step).observe(seconds)

@@ -38,12 +38,14 @@ class ModelStages:
 
     def __init__(
         self,
+        settings: ModelSettings,
         config: NPUSettings,
         pool: SessionPool,
         backend: str,
         model_path: Path,
         sha256: str,
     ):
+        self.settings = settings
         self.config = config
         self.pool = pool
         self.backend = backend
@@ -64,31 +66,33 @@ class ModelStages:
         except (BackendError, SourceError) as error:
             raise ModelLoadError(name, str(error)) from error
         try:
-            stages.inputs = stages.input_decoder(settings, [s.name for s in stages.pool.inputs])
-            stages.outputs = stages._output_encoder(settings)
+            stages.inputs = stages.input_decoder([spec.name for spec in stages.pool.inputs])
+            stages.outputs = stages._output_encoder()
         except ConfigurationError as error:
             await stages.close()
             raise ModelLoadError(name, str(error)) from error
         return stages
 
-    def input_decoder(self, settings: ModelSettings, names: Sequence[str]) -> InputDecoder:
+    def input_decoder(self, names: Sequence[str]) -> InputDecoder:
         """A decoder for the model inputs `names` only (a pipeline feeds the others)."""
         return InputDecoder(
             [spec for spec in self.pool.inputs if spec.name in names],
             self.config.preprocess,
             NPUEnvironment.from_env().max_image_pixels,
-            declared=settings.inputs,
+            declared=self.settings.inputs,
         )
 
-    def _output_encoder(self, settings: ModelSettings) -> OutputEncoder:
+    def _output_encoder(self) -> OutputEncoder:
         classifier = None
         if self.config.postprocess is not None:
             classifier = Classifier.build(
                 self.config.postprocess,
                 self.pool.outputs,
-                lambda path: Path(to_absolute_path(settings, path)),
+                lambda path: Path(to_absolute_path(self.settings, path)),
             )
-        return OutputEncoder(self.pool.outputs, classifier, settings.outputs, self.inputs.tiled)
+        return OutputEncoder(
+            self.pool.outputs, classifier, self.settings.outputs, self.inputs.tiled
+        )
 
     @classmethod
     async def _open_pool(
@@ -125,7 +129,7 @@ class ModelStages:
             if isinstance(error, (BackendError, ModelLoadError)):
                 raise
             raise BackendError(f"warm-up inference failed: {error}") from error
-        return cls(config, pool, backend_name, source.path, source.sha256)
+        return cls(settings, config, pool, backend_name, source.path, source.sha256)
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         try:
