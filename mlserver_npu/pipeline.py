@@ -7,13 +7,12 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 from mlserver import MLModel
 from mlserver.errors import InferenceError
 from mlserver.repository.load import load_model_settings
-from mlserver.settings import ModelSettings
 from mlserver.types import (
     InferenceRequest,
     InferenceResponse,
@@ -128,7 +127,9 @@ class Pipeline(MLModel):
         classifier = None
         if config.postprocess is not None:
             classifier = Classifier.build(
-                config.postprocess, outputs, lambda path: Path(to_absolute_path(self.settings, path))
+                config.postprocess,
+                outputs,
+                lambda path: Path(to_absolute_path(self.settings, path)),
             )
         tiled = any(decoder.tiled for decoder in self._decoders.values())
         self._encoder = OutputEncoder(outputs, classifier, self.settings.outputs, tiled)
@@ -166,7 +167,9 @@ class Pipeline(MLModel):
         plan = self._encoder.plan(payload.outputs)
         tiles: List[List[int]] = []
 
-        async def run_model(step: ModelStep, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        async def run_model(
+            step: ModelStep, arrays: Dict[str, np.ndarray]
+        ) -> Dict[str, np.ndarray]:
             start = time.perf_counter()
             taken = [
                 request[name].model_copy(update={"name": model_input})

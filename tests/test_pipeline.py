@@ -63,7 +63,8 @@ def _pipeline(repository, name, extra):
 CHAIN = {
     "steps": [
         {"name": "classify", "model": "../digits-image"},
-        {"name": "sharpen", "model": "../sharpen", "inputs": {"x": "classify.outputs.probabilities"}},
+        {"name": "sharpen", "model": "../sharpen",
+         "inputs": {"x": "classify.outputs.probabilities"}},
     ],
     "outputs": {"scores": "sharpen.outputs.y", "label": "classify.outputs.label"},
 }
@@ -275,7 +276,8 @@ BAD_PIPELINES = [
      ["step 'b'", "'a.output.probabilities' is not 'inputs.<name>' or '<step>.outputs.<name>'"]),
     ("input-disagrees", _steps({"name": "a", "model": "../digits"},
                                {"name": "b", "model": "../digits-image"}),
-     ["step 'b'", "pipeline input 'input' is BYTES [-1] (image) here", "FP32 [-1, 64] in step 'a'"]),
+     ["step 'b'", "pipeline input 'input' is BYTES [-1] (image) here",
+      "FP32 [-1, 64] in step 'a'"]),
     ("unknown-key", dict(_steps(A), stpes=[]), ["unknown key 'parameters.extra.stpes'"]),
     ("not-a-plugin-model", _steps({"name": "a", "model": "../foreign"}),
      ["step 'a'", "implementation 'mlserver_sklearn.SKLearnModel'"]),
@@ -292,12 +294,7 @@ def test_a_bad_pipeline_fails_the_load_naming_the_step(live, case):
             "parameters": {"uri": "../digits/model.onnx", "extra": {"sesions": 2}}})
         _write(live.repository / "foreign", {
             "name": "foreign", "implementation": "mlserver_sklearn.SKLearnModel"})
-    response = live.http.post(f"/v2/repository/models/bad-{name}/load")
-    assert response.status_code == 400, response.text
-    message = response.json()["error"]
-    for word in [f"Model 'bad-{name}' could not be loaded"] + words:
-        assert word in message, (word, message)
-    assert live.http.get(f"/v2/models/bad-{name}/ready").status_code != 200
+    live.assert_load_fails(f"bad-{name}", words)
     pixels = reference.digits(2)
     raw = _served(live, "digits-ensemble", [v2_input("input", pixels)], RAW)["probabilities"]
     assert _array(raw).shape == (2, 10)
