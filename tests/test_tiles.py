@@ -168,3 +168,29 @@ def test_the_tiles_of_one_image_run_on_both_sessions_at_once(live):
     session = reference.session(live.busy_model)  # static batch 4: three runs
     scores = np.concatenate([session.run(None, {"x": pixels[i : i + 4]})[0] for i in (0, 4, 8)])
     assert outputs["y"]["data"] == ["".join(map(str, scores.argmax(axis=1)))]
+
+
+CONVERT, TILES = {"op": "convert", "mode": "L"}, {"op": "tiles", "size": [TILE, TILE]}
+RESIZE, SCALE = {"op": "resize", "size": [8, 8], "resample": "box"}, {"op": "scale", "factor": 16}
+# (id, preprocess, postprocess changes, words the load error must contain)
+BROKEN = [
+    ("tiles-twice", [CONVERT, TILES, TILES, RESIZE], {}, ["'tiles' is given more than once"]),
+    ("tiles-after-scale", [CONVERT, RESIZE, SCALE, TILES], {},
+     ["'tiles' works on images: put it before 'scale'"]),
+    ("tiles-too-big", [CONVERT, TILES], {}, ["64x64x1 values per image", "takes 64"]),
+    ("bad-tile-size", [CONVERT, {"op": "tiles", "size": [0, 8]}, RESIZE], {},
+     ["'parameters.extra.preprocess.1.tiles.size"]),
+    ("join-not-a-string", [CONVERT, TILES, RESIZE], {"join": 1},
+     ["'parameters.extra.postprocess.join'"]),
+]
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[c[0] for c in BROKEN])
+def test_a_broken_tiles_configuration_fails_the_load(live, case):
+    name, preprocess, changes, words = case
+    settings = json.loads((MODEL_REPOSITORY / "read-number/model-settings.json").read_text())
+    extra = settings["parameters"]["extra"]
+    copy_model(MODEL_REPOSITORY / "read-number", live.repository, name,
+               {"preprocess": preprocess, "postprocess": {**extra["postprocess"], **changes}})
+    live.assert_load_fails(name, words)
+    assert _outputs(live.infer("read-number", [_images_input([_row([4], "PNG")])]))
