@@ -201,3 +201,19 @@ def stage(name: str) -> Iterator[None]:
         _CURRENT.reset(token)
         parent.inner += elapsed
         parent.seconds[name] = parent.seconds.get(name, 0.0) + max(elapsed - block.inner, 0.0)
+
+
+class StepMetrics:
+    """`mlserver_npu_step_seconds{step}`: time per request in each step of a pipeline, from its
+    inputs being ready to its outputs (decoding of the request tensors it takes included)."""
+
+    def __init__(self, model_name: str, model_version: Optional[str]):
+        self._labels = (model_name, model_version or "")
+        self._steps = _model_metric(
+            Histogram, "mlserver_npu_step_seconds",
+            "Seconds a request spends in one step of a pipeline", MODEL_LABELS + ["step"],
+            buckets=STAGE_BUCKETS,
+        )
+
+    def step(self, step: str, seconds: float) -> None:
+        self._steps.labels(*self._labels, step).observe(seconds)

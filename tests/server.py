@@ -161,6 +161,17 @@ class Server:
             body["outputs"] = outputs
         return self.http.post(f"/v2/models/{model}/infer", json=body)
 
+    def assert_load_fails(self, model: str, words: list) -> str:
+        """Load `model` through the repository API: a 400 whose message has all `words`, and
+        the model not ready. Returns the message."""
+        response = self.http.post(f"/v2/repository/models/{model}/load")
+        assert response.status_code == 400, response.text
+        message = response.json()["error"]
+        for word in [f"Model '{model}' could not be loaded"] + list(words):
+            assert word in message, (word, message)
+        assert self.http.get(f"/v2/models/{model}/ready").status_code != 200
+        return message
+
     def metrics(self) -> Dict[str, Dict[tuple, float]]:
         """Prometheus samples from the metrics port: name -> {sorted label items: value}."""
         from prometheus_client.parser import text_string_to_metric_families

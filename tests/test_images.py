@@ -456,12 +456,7 @@ def test_a_broken_image_configuration_fails_the_load(live, case):
     folder = live.repository / name
     write_model(folder, name, extra, uri=uri)
     (folder / "short.txt").write_text("".join(f"{i}\n" for i in range(5)))
-    response = live.http.post(f"/v2/repository/models/{name}/load")
-    assert response.status_code == 400, response.text
-    message = response.json()["error"]
-    for word in [f"Model '{name}' could not be loaded"] + words:
-        assert word in message, (word, message)
-    assert live.http.get(f"/v2/models/{name}/ready").status_code != 200
+    live.assert_load_fails(name, words)
     _digits_image_still_serves(live)
 
 

@@ -17,10 +17,10 @@ from server import MODEL_REPOSITORY, Server, copy_model
 BATCHED = {"max_batch_size": 4, "max_batch_time": 0.2}
 
 
-def _busy_model(path, batch="N"):
+def _busy_model(path, batch="N", features=(8, 4)):
     """Small tensors in and out, ~1 ms of compute per row: runs overlap when requests do."""
     rng = np.random.default_rng(0)
-    sizes = [8] + [512] * 10 + [4]
+    sizes = [features[0]] + [512] * 10 + [features[1]]
     nodes, weights = [], []
     current = "x"
     for i, (rows, cols) in enumerate(zip(sizes, sizes[1:])):
@@ -33,8 +33,8 @@ def _busy_model(path, batch="N"):
     nodes[-1].output[0] = "y"
     graph = helper.make_graph(
         nodes, "busy",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, features[1]])],
         initializer=weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -1,7 +1,8 @@
 """Classification postprocessing: class scores -> Triton's classification extension strings.
 
 Each batch row becomes its top K classes as `"score:index:label"` (`"score:index"` without a
-labels file), best first, in a BYTES tensor of shape [N, K].
+labels file), best first, in a BYTES tensor of shape [N, K]; or, with `join`, the top-1 labels
+of an image's rows (its tiles) joined into one string per image.
 """
 import logging
 import math
@@ -32,6 +33,9 @@ class ClassificationSettings(BaseModel):
     )
     output_name: Optional[str] = Field(
         None, description="name of the strings output; default: replaces the scores output"
+    )
+    join: Optional[str] = Field(
+        None, description="one string per image: the top-1 labels of its tiles, joined by this"
     )
 
 
@@ -75,6 +79,24 @@ def classify(
     return strings
 
 
+def join_top_labels(
+    scores: np.ndarray, groups: Sequence[int], separator: str, labels: Optional[Sequence[str]]
+) -> np.ndarray:
+    """[rows, ...] scores -> [len(groups)] bytes: the top-1 label (the index without labels)
+    of each row, the rows of each group joined by `separator`."""
+    flat = np.asarray(scores).reshape(len(scores), -1)
+    if flat.dtype.kind not in "fiu":
+        raise ValueError(f"classification needs numeric scores, not {flat.dtype.name}")
+    best = np.argmax(flat, axis=1)  # the first of equal scores, as in classify()
+    names = [labels[i] if labels and i < len(labels) else str(i) for i in best.tolist()]
+    joined = np.empty(len(groups), dtype=object)
+    start = 0
+    for index, count in enumerate(groups):
+        joined[index] = separator.join(names[start : start + count]).encode()
+        start += count
+    return joined
+
+
 @dataclass(frozen=True)
 class Classifier:
     """A configured classification: which output, how many classes, which labels."""
@@ -85,6 +107,7 @@ class Classifier:
     labels: Optional[List[str]]
     softmax: bool
     classes: Optional[int]  # None when the output's class axes are dynamic
+    join: Optional[str] = None
 
     @property
     def width(self) -> Optional[int]:
@@ -140,4 +163,6 @@ class Classifier:
                     "labels file '%s' has %d labels for %d classes of output '%s': "
                     "the extra ones are never used", path, len(labels), classes, source.name,
                 )
-        return cls(source.name, name, config.top_k, labels, config.softmax, classes)
+        return cls(
+            source.name, name, config.top_k, labels, config.softmax, classes, config.join
+        )

@@ -2,7 +2,7 @@
 preprocessing into the tensor of the model input they name; other tensors are decoded as
 they are (tensors.py)."""
 import asyncio
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mlserver.errors import InferenceError
@@ -46,6 +46,15 @@ class InputDecoder:
         # Inputs where a BYTES tensor without a content type is taken as images.
         self._images = declared_images or (set(fitting) if preprocess is not None else set())
 
+    @property
+    def tiled(self) -> bool:
+        """Whether images are cut into tiles, so that one image gives several batch rows."""
+        return any(
+            isinstance(p, Preprocessor) and p.tiles is not None
+            for name, p in self._preprocessors.items()
+            if name in self._images
+        )
+
     def metadata(self) -> List[MetadataTensor]:
         """Image inputs appear as BYTES [N] with content type `image`, what clients send."""
         return [
@@ -66,7 +75,9 @@ class InputDecoder:
             return content_type == IMAGE
         return request_input.datatype == "BYTES" and spec.name in self._images
 
-    def _decode(self, request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
+    def _decode(
+        self, request_input: RequestInput, spec: TensorSpec, tiles: Dict[str, List[int]]
+    ) -> np.ndarray:
         if not self._is_image(request_input, spec):
             return decode_input(request_input, spec)
         preprocessor = self._preprocessors[spec.name]
@@ -77,13 +88,32 @@ class InputDecoder:
         images = decode_images(request_input, self._max_pixels, preprocessor.draft_size)
         try:
             with stage("preprocess"):
+                if preprocessor.tiles is not None:
+                    images, tiles[spec.name] = preprocessor.cut(images)
                 return preprocessor(images)
         except PreprocessError as error:
             where = "" if error.index is None else f", batch index {error.index}"
             raise InferenceError(f"input {shorten(request_input.name)}{where}: {error}") from None
 
-    async def decode(self, request_inputs: Sequence[RequestInput]) -> Dict[str, np.ndarray]:
+    async def decode(
+        self, request_inputs: Sequence[RequestInput]
+    ) -> Tuple[Dict[str, np.ndarray], Optional[List[int]]]:
+        """The model's feeds, and the number of tiles of each image when images are cut into
+        tiles (their rows are consecutive in the feeds), else None."""
+        tiles: Dict[str, List[int]] = {}
+
+        def decode(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
+            return self._decode(request_input, spec, tiles)
+
         # Decoding images is CPU work that releases the GIL: keep it off the event loop.
         if any(request_input.datatype == "BYTES" for request_input in request_inputs):
-            return await asyncio.to_thread(decode_inputs, request_inputs, self.specs, self._decode)
-        return decode_inputs(request_inputs, self.specs, self._decode)
+            feeds = await asyncio.to_thread(decode_inputs, request_inputs, self.specs, decode)
+        else:
+            feeds = decode_inputs(request_inputs, self.specs, decode)
+        counts = list(tiles.values())
+        if any(c != counts[0] for c in counts):
+            raise InferenceError(
+                "image inputs give different tiles: "
+                + ", ".join(f"'{name}' {c}" for name, c in tiles.items())
+            )
+        return feeds, (counts[0] if counts else None)

@@ -4,6 +4,10 @@ What each requested output becomes is planned before the run (so a bad request f
 Triton's `parameters.classification: K` asks for the top K classes of any output, a
 configured classification postprocess does it by default, and `content_type: image` (in the
 request or the model-settings outputs) encodes images.
+
+When the preprocessing cuts images into tiles, the model's rows are tiles: outputs are
+regrouped per request image ([images, tiles, ...]), and a classification with `join` gives one
+string per image.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -17,7 +21,7 @@ from ..codecs.image import CONTENT_TYPE as IMAGE, ImageCodec
 from ..errors import shorten
 from ..metrics import stage
 from ..tensors import content_type_of, encode_output, metadata_of, requested_outputs
-from .classification import Classifier, classify
+from .classification import Classifier, classify, join_top_labels
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Planned:
     source: str  # the model output it comes from
     top_k: Optional[int] = None  # classification strings when set
     image: bool = False
+    join: Optional[str] = None  # one string per image: its rows' top-1 labels, joined
 
 
 def _class_count(request_output: RequestOutput) -> Optional[int]:
@@ -47,26 +52,33 @@ class OutputEncoder:
         specs: Sequence[TensorSpec],
         classifier: Optional[Classifier] = None,
         declared: Optional[Sequence[MetadataTensor]] = None,
+        tiled: bool = False,
     ):
+        """`tiled`: the model's rows are tiles of the request's images (InputDecoder.tiled)."""
         self.specs = list(specs)
         self.classifier = classifier
+        self.tiled = tiled
         self._images = {m.name for m in declared or () if content_type_of(m.parameters) == IMAGE}
 
-    def _strings_metadata(self, name: str, spec: TensorSpec) -> MetadataTensor:
-        width = self.classifier.width
-        return MetadataTensor(
-            name=name, datatype="BYTES", shape=[spec.v2_shape[0], -1 if width is None else width]
-        )
+    def _metadata(self, item: Planned, spec: TensorSpec) -> MetadataTensor:
+        if item.join is not None:
+            return MetadataTensor(name=item.name, datatype="BYTES", shape=[-1])
+        if item.top_k:
+            width = self.classifier.width
+            tensor = MetadataTensor(
+                name=item.name, datatype="BYTES",
+                shape=[spec.v2_shape[0], -1 if width is None else width],
+            )
+        else:
+            tensor = metadata_of(spec)
+        if self.tiled and not item.image:
+            tensor.shape = [-1, *tensor.shape]  # [images, tiles, ...]
+        return tensor
 
     def metadata(self) -> List[MetadataTensor]:
         """The model's outputs as clients see them: what a request without `outputs` gets."""
         specs = {spec.name: spec for spec in self.specs}
-        return [
-            self._strings_metadata(item.name, specs[item.source])
-            if item.top_k
-            else metadata_of(specs[item.source])
-            for item in self._default_plan()
-        ]
+        return [self._metadata(item, specs[item.source]) for item in self._default_plan()]
 
     def _default_plan(self) -> List[Planned]:
         plan = []
@@ -77,7 +89,7 @@ class OutputEncoder:
                 continue
             if classifier.name != spec.name:
                 plan.append(Planned(spec.name, spec.name))
-            plan.append(Planned(classifier.name, spec.name, classifier.top_k))
+            plan.append(Planned(classifier.name, spec.name, classifier.top_k, join=classifier.join))
         return plan
 
     def plan(self, request_outputs: Optional[Sequence[RequestOutput]]) -> List[Planned]:
@@ -91,24 +103,29 @@ class OutputEncoder:
         for name in names:
             request_output = by_name[name]
             count = _class_count(request_output)
-            source = name
+            source, join = name, None
             if classifier is not None and name == classifier.name:
                 source = classifier.source
                 if count is None:
-                    count = classifier.top_k
+                    count, join = classifier.top_k, classifier.join
             content_type = content_type_of(request_output.parameters)
             image = content_type == IMAGE or (content_type is None and name in self._images)
             if image and count:
                 raise InferenceError(
                     f"output {shorten(name)}: cannot be both classification strings and images"
                 )
-            plan.append(Planned(name, source, count or None, image))
+            plan.append(Planned(name, source, count or None, image, join if count else None))
         return plan
 
     def encode(
-        self, plan: Sequence[Planned], results: Dict[str, np.ndarray], as_arrays: bool = False
+        self,
+        plan: Sequence[Planned],
+        results: Dict[str, np.ndarray],
+        tiles: Optional[Sequence[int]] = None,
+        as_arrays: bool = False,
     ) -> List[ResponseOutput]:
-        """`as_arrays`: numeric tensors stay arrays (see tensors.encode_output)."""
+        """`tiles`: how many consecutive rows (tiles) each request image gave, if it was cut;
+        `as_arrays`: numeric tensors stay arrays (see tensors.encode_output)."""
         outputs = []
         for item in plan:
             array = results[item.source]
@@ -118,7 +135,12 @@ class OutputEncoder:
                 softmax = self.classifier.softmax if configured else False
                 try:
                     with stage("postprocess"):
-                        strings = classify(array, item.top_k, labels, softmax)
+                        if item.join is not None:
+                            groups = tiles if tiles is not None else [1] * len(array)
+                            strings = join_top_labels(array, groups, item.join, labels)
+                        else:
+                            strings = classify(array, item.top_k, labels, softmax)
+                            strings = _per_image(item.name, strings, tiles)
                 except ValueError as error:
                     raise InferenceError(f"output '{item.name}': {error}") from None
                 outputs.append(encode_output(item.name, strings))
@@ -128,5 +150,21 @@ class OutputEncoder:
                 except ValueError as error:
                     raise InferenceError(f"output '{item.name}': {error}") from None
             else:
-                outputs.append(encode_output(item.name, array, as_arrays))
+                outputs.append(
+                    encode_output(item.name, _per_image(item.name, array, tiles), as_arrays)
+                )
         return outputs
+
+
+def _per_image(name: str, array: np.ndarray, tiles: Optional[Sequence[int]]) -> np.ndarray:
+    """[rows, ...] -> [images, tiles, ...] when the rows are the tiles of the request's images."""
+    if tiles is None:
+        return array
+    if len(set(tiles)) > 1:
+        raise InferenceError(
+            f"output '{name}': the images give different numbers of tiles ("
+            + ", ".join(map(str, tiles))
+            + "), which cannot make one tensor; ask for a joined classification output only, "
+            "or send such images in separate requests"
+        )
+    return array.reshape(len(tiles), tiles[0], *array.shape[1:])

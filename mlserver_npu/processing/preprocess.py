@@ -3,6 +3,8 @@ ops, validated by pydantic at load and compiled against the model input the imag
 
 Pillow ops (convert, resize, center_crop) run per image; numpy ops (scale, normalize) run on
 the stacked batch; `layout` and `dtype` describe the result and default to the model's.
+`tiles` cuts each image into a grid of tiles: the ops after it run on every tile, and the tiles
+become the batch rows.
 """
 import math
 from typing import Annotated, Any, List, Literal, Optional, Sequence, Tuple, Union
@@ -117,6 +119,26 @@ class CenterCrop(_Op):
         return self.model_copy(update={"size": (round(height * ratio), round(width * ratio))})
 
 
+class Tiles(_Op):
+    """A row-major grid of `size` [height, width] tiles; the image's sides must be multiples."""
+
+    op: Literal["tiles"]
+    size: Size
+
+    def apply(self, image: Image.Image) -> List[Image.Image]:
+        height, width = _hw(self.size)
+        if image.height % height or image.width % width:
+            raise PreprocessError(
+                f"the image is {image.height}x{image.width} (height x width), not a grid of "
+                f"{height}x{width} tiles: its sides must be multiples of the tile's"
+            )
+        return [
+            image.crop((left, top, left + width, top + height))
+            for top in range(0, image.height, height)
+            for left in range(0, image.width, width)
+        ]
+
+
 class Scale(_Op):
     """value * factor / divisor, in float32 (e.g. `"divisor": 255` for 0..1)."""
 
@@ -154,12 +176,13 @@ class Dtype(_Op):
 
 
 Op = Annotated[
-    Union[Convert, Resize, CenterCrop, Scale, Normalize, Layout, Dtype],
+    Union[Convert, Resize, CenterCrop, Tiles, Scale, Normalize, Layout, Dtype],
     Field(discriminator="op"),
 ]
-IMAGE_OPS = (Convert, Resize, CenterCrop)
+IMAGE_OPS = (Convert, Resize, CenterCrop, Tiles)
+GEOMETRY_OPS = (Resize, CenterCrop)
 ARRAY_OPS = (Scale, Normalize)
-SETTINGS_OPS = ("convert", "layout", "dtype")  # at most one of each
+SETTINGS_OPS = ("convert", "tiles", "layout", "dtype")  # at most one of each
 
 PRESETS = {
     "imagenet": [
@@ -255,6 +278,11 @@ class Preprocessor:
         if dtype.kind not in "fiu" or len(shape) < 2:
             raise ConfigurationError(f"{_describe(spec)} is not an image tensor")
         layout, convert, dtype_op = find(Layout), find(Convert), find(Dtype)
+        self.tiles: Optional[Tiles] = find(Tiles)
+        # Geometry before `tiles` applies to the whole image, after it to every tile.
+        ops = list(ops)
+        cut = ops.index(self.tiles) if self.tiles else 0
+        self.before_tiles = [op for op in ops[:cut] if isinstance(op, GEOMETRY_OPS)]
         self.layout = layout.layout if layout else _model_layout(spec)
         channel_axis = 1 if self.layout == "NCHW" else 3
         model_channels = shape[channel_axis] if len(shape) == 4 else None
@@ -275,8 +303,8 @@ class Preprocessor:
         model_size = None
         if len(shape) == 4 and all(shape[axis] is not None for axis in spatial):
             model_size = (shape[spatial[0]], shape[spatial[1]])
-        self.geometry = _fit([op for op in ops if isinstance(op, (Resize, CenterCrop))], model_size)
-        self.size = _final_size(self.geometry)
+        self.geometry = _fit([op for op in ops[cut:] if isinstance(op, GEOMETRY_OPS)], model_size)
+        self.size = _final_size(self.geometry) or (_hw(self.tiles.size) if self.tiles else None)
         self.arrays = [op for op in ops if isinstance(op, ARRAY_OPS)]
         for op in self.arrays:
             if isinstance(op, Normalize) and op.channels() not in (1, channels):
@@ -303,23 +331,43 @@ class Preprocessor:
     def draft_size(self, size: Tuple[int, int]) -> Optional[Tuple[int, int]]:
         """The (width, height) the first resize needs from an upright (width, height) image:
         a JPEG can be decoded at 1/2, 1/4 or 1/8 scale while it stays at least that large."""
-        if not self.geometry or not isinstance(self.geometry[0], Resize):
+        if self.tiles or not self.geometry or not isinstance(self.geometry[0], Resize):
             return None
         width, height = size
         out_height, out_width = self.geometry[0].output_size(height, width)
         return out_width, out_height
 
+    def _convert(self, image: Image.Image, index: int) -> Image.Image:
+        if image.mode.startswith("I;16"):
+            # 16-bit grayscale: keep the high byte (Pillow's convert would clip at 255)
+            image = Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
+        if image.mode != self.mode:
+            try:
+                image = image.convert(self.mode)
+            except ValueError as error:
+                raise PreprocessError(f"{error}", index) from None
+        return image
+
+    def cut(self, images: Sequence[Image.Image]) -> Tuple[List[Image.Image], List[int]]:
+        """With a `tiles` op: the tiles of all images in order, and how many each image gave."""
+        tiles: List[Image.Image] = []
+        counts = []
+        for index, image in enumerate(images):
+            image = self._convert(image, index)
+            for op in self.before_tiles:
+                image = op.apply(image)
+            try:
+                parts = self.tiles.apply(image)
+            except PreprocessError as error:
+                raise PreprocessError(str(error), index) from None
+            tiles.extend(parts)
+            counts.append(len(parts))
+        return tiles, counts
+
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         arrays = []
         for index, image in enumerate(images):
-            if image.mode.startswith("I;16"):
-                # 16-bit grayscale: keep the high byte (Pillow's convert would clip at 255)
-                image = Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
-            if image.mode != self.mode:
-                try:
-                    image = image.convert(self.mode)
-                except ValueError as error:
-                    raise PreprocessError(f"{error}", index) from None
+            image = self._convert(image, index)
             for op in self.geometry:
                 image = op.apply(image)
             arrays.append(np.asarray(image))

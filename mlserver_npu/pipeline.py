@@ -1,0 +1,205 @@
+"""Pipeline: an MLServer model whose `parameters.extra.steps` run other model folders in one
+request, passing numpy arrays between them (graph.py). Each model step is a model folder's
+stages (stages.py) with its own backend, devices, sessions and preprocessing; the pipeline
+decodes the request tensors a step takes with that step's decoder, and encodes its outputs
+with an encoder of its own (its optional `postprocess`)."""
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+from mlserver import MLModel
+from mlserver.errors import InferenceError
+from mlserver.repository.load import load_model_settings
+from mlserver.types import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataModelResponse,
+    MetadataTensor,
+    Parameters,
+    RequestInput,
+)
+from mlserver.utils import to_absolute_path
+from pydantic import ValidationError
+
+from .backends import TensorSpec
+from .errors import ConfigurationError, ModelLoadError
+from .graph import Graph, ModelStep, PipelineSettings, settings_error
+from .metrics import StepMetrics
+from .processing.classification import Classifier
+from .processing.inputs import InputDecoder
+from .processing.outputs import OutputEncoder
+from .stages import ModelStages
+
+logger = logging.getLogger("mlserver.npu")
+
+RUNTIMES = ("mlserver_npu.NPURuntime", "mlserver_npu.runtime.NPURuntime")
+
+
+def _describe(tensor: MetadataTensor) -> str:
+    content_type = tensor.parameters.content_type if tensor.parameters else None
+    return f"{tensor.datatype} {tensor.shape}" + (f" ({content_type})" if content_type else "")
+
+
+class Pipeline(MLModel):
+    async def load(self) -> bool:
+        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
+        try:
+            config = PipelineSettings.model_validate(extra)
+        except ValidationError as error:
+            raise ModelLoadError(self.name, settings_error(error, extra)) from None
+        try:
+            self._graph = Graph(config)
+        except ConfigurationError as error:
+            raise ModelLoadError(self.name, str(error)) from None
+        steps = [step for step in self._graph.order if isinstance(step, ModelStep)]
+        opened = await asyncio.gather(*(self._open(step) for step in steps), return_exceptions=True)
+        self._steps = {
+            step.name: stages for step, stages in zip(steps, opened)
+            if not isinstance(stages, BaseException)
+        }
+        try:
+            for step, stages in zip(steps, opened):
+                if isinstance(stages, ModelLoadError):
+                    raise ConfigurationError(f"step '{step.name}': {stages.reason}")
+                if isinstance(stages, BaseException):
+                    raise stages
+            self._wire(config, steps)
+        except ConfigurationError as error:
+            await self.unload()
+            raise ModelLoadError(self.name, str(error)) from None
+        except BaseException:
+            await self.unload()
+            raise
+        logger.info("Pipeline '%s': steps %s", self.name, ", ".join(self._graph.steps))
+        return True
+
+    async def _open(self, step: ModelStep) -> ModelStages:
+        folder = Path(to_absolute_path(self.settings, step.model))
+        path = folder if folder.name == "model-settings.json" else folder / "model-settings.json"
+        if not path.is_file():
+            raise ConfigurationError(f"step '{step.name}': no model-settings.json in '{folder}'")
+        try:
+            settings = load_model_settings(str(path))
+        except (ValidationError, ValueError) as error:
+            raise ConfigurationError(f"step '{step.name}': '{path}': {error}") from None
+        if settings.implementation_ not in RUNTIMES:
+            raise ConfigurationError(
+                f"step '{step.name}': '{path}' has implementation "
+                f"'{settings.implementation_}'; steps are mlserver_npu.NPURuntime models"
+            )
+        return await ModelStages.open(settings, f"{self.name}.{step.name}")
+
+    def _wire(self, config: PipelineSettings, steps: Sequence[ModelStep]) -> None:
+        """Check the references against the loaded models and build the pipeline's decoders
+        (one per model step, for the request tensors it takes) and its output encoder."""
+        specs = self._graph.output_specs(
+            {name: stages.pool.inputs for name, stages in self._steps.items()},
+            {name: stages.pool.outputs for name, stages in self._steps.items()},
+        )
+        self._fed: Dict[str, Dict[str, str]] = {}
+        self._decoders: Dict[str, InputDecoder] = {}
+        inputs: Dict[str, MetadataTensor] = {}
+        taken_by: Dict[str, str] = {}
+        for step in steps:
+            stages = self._steps[step.name]
+            fed = self._graph.pipeline_inputs(step, stages.pool.inputs)
+            decoder = stages.input_decoder(list(fed))
+            self._fed[step.name], self._decoders[step.name] = fed, decoder
+            for tensor in decoder.metadata():
+                name = fed[tensor.name]
+                tensor = tensor.model_copy(update={"name": name})
+                if name in inputs and _describe(inputs[name]) != _describe(tensor):
+                    raise ConfigurationError(
+                        f"step '{step.name}': pipeline input '{name}' is {_describe(tensor)} "
+                        f"here, but {_describe(inputs[name])} in step '{taken_by[name]}'"
+                    )
+                inputs.setdefault(name, tensor)
+                taken_by.setdefault(name, step.name)
+        self._inputs = inputs
+
+        outputs = [
+            TensorSpec(name, specs[ref.step][ref.name].dtype, specs[ref.step][ref.name].shape)
+            for name, ref in config.outputs.items()
+        ]
+        classifier = None
+        if config.postprocess is not None:
+            classifier = Classifier.build(
+                config.postprocess,
+                outputs,
+                lambda path: Path(to_absolute_path(self.settings, path)),
+            )
+        tiled = any(decoder.tiled for decoder in self._decoders.values())
+        self._encoder = OutputEncoder(outputs, classifier, self.settings.outputs, tiled)
+        if not self.settings.inputs:
+            self.inputs = list(inputs.values())
+        if not self.settings.outputs:
+            self.outputs = self._encoder.metadata()
+        self._metrics = StepMetrics(self.name, self.version)
+
+    def _match(self, request_inputs: Sequence[RequestInput]) -> Dict[str, RequestInput]:
+        """Request tensors by pipeline input; one input takes one tensor under any name."""
+        names = list(self._inputs)
+        if len(names) == 1 and len(request_inputs) == 1:
+            return {names[0]: request_inputs[0]}
+        matched: Dict[str, RequestInput] = {}
+        for request_input in request_inputs:
+            if request_input.name not in self._inputs:
+                raise InferenceError(
+                    f"unknown input '{request_input.name}'; the pipeline's inputs are: "
+                    + ", ".join(f"'{n}' ({_describe(t)})" for n, t in self._inputs.items())
+                )
+            if request_input.name in matched:
+                raise InferenceError(f"input '{request_input.name}' is given more than once")
+            matched[request_input.name] = request_input
+        missing = [name for name in names if name not in matched]
+        if missing:
+            raise InferenceError(
+                "missing input "
+                + ", ".join(f"'{n}' ({_describe(self._inputs[n])})" for n in missing)
+            )
+        return matched
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        request = self._match(payload.inputs)
+        plan = self._encoder.plan(payload.outputs)
+        tiles: List[List[int]] = []
+
+        async def run_model(
+            step: ModelStep, arrays: Dict[str, np.ndarray]
+        ) -> Dict[str, np.ndarray]:
+            start = time.perf_counter()
+            taken = [
+                request[name].model_copy(update={"name": model_input})
+                for model_input, name in self._fed[step.name].items()
+            ]
+            try:
+                feeds, counts = await self._decoders[step.name].decode(taken)
+                results = await self._steps[step.name].run({**feeds, **arrays})
+            except InferenceError as error:
+                raise InferenceError(f"step '{step.name}': {error}") from None
+            if counts is not None:
+                tiles.append(counts)
+            self._metrics.step(step.name, time.perf_counter() - start)
+            return results
+
+        results = await self._graph.run(run_model)
+        return InferenceResponse(
+            model_name=self.name,
+            model_version=self.version,
+            outputs=self._encoder.encode(plan, results, tiles[0] if tiles else None),
+        )
+
+    async def metadata(self) -> MetadataModelResponse:
+        metadata = await super().metadata()
+        parameters = metadata.parameters or Parameters()
+        parameters.steps = ",".join(self._graph.steps)  # type: ignore[attr-defined]
+        metadata.parameters = parameters
+        return metadata
+
+    async def unload(self) -> bool:
+        steps, self._steps = getattr(self, "_steps", {}), {}
+        await asyncio.gather(*(stages.close() for stages in steps.values()))
+        return True
