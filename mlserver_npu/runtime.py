@@ -55,6 +55,11 @@ class NPURuntime(MLModel):
         self._metrics.load(time.perf_counter() - started)
         return True
 
+    @property
+    def stages(self) -> ModelStages:
+        """The loaded model's stages (its file, pool and processing)."""
+        return self._stages
+
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         with self._metrics.serving():
             outputs = await self._stages.infer(

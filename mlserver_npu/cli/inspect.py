@@ -16,7 +16,6 @@ from mlserver.settings import ModelSettings
 from ..backends import BackendError, get_backend
 from ..repository import RepositoryError, units
 from ..runtime import NPURuntime
-from ..sources import resolve_model
 
 
 def _tensors(tensors: Optional[List[Any]]) -> List[Dict[str, Any]]:
@@ -42,7 +41,7 @@ async def describe(settings: ModelSettings) -> Dict[str, Any]:
         return {**report, "valid": False, "error": reason}
     try:
         metadata = await model.metadata()
-        source = await resolve_model(settings)
+        model_file = model.stages.model_path
     finally:
         await model.unload()
     parameters = metadata.parameters.model_dump() if metadata.parameters else {}
@@ -54,9 +53,9 @@ async def describe(settings: ModelSettings) -> Dict[str, Any]:
     return {
         **report,
         "valid": True,
-        "model_file": str(source.path),
-        "size": source.path.stat().st_size,
-        "sha256": source.sha256,
+        "model_file": str(model_file),
+        "size": model_file.stat().st_size,
+        "sha256": parameters.get("sha256"),
         "backend": backend,
         "devices": parameters.get("devices", "").split(","),
         "available_devices": available,
