@@ -130,6 +130,8 @@ REST_CASES = [
     Case("numeric-string", digits(data=_with(3, "0.5")), ["index 3 is '0.5'", "a number"]),
     Case("nan-string", digits(data=_with(0, "NaN")), ["index 0 is 'NaN'"]),
     Case("true-in-fp32", digits(data=_with(63, True)), ["index 63 is True", "a number"]),
+    # (a single value that is 0 or 1 among others takes another path than many of them)
+    Case("true-among-fractions", digits(data=_with(10, True, [0.25] * 64)), ["index 10 is True"]),
     Case("fp32-overflow", digits(data=_with(7, 1e39)),
          ["index 7 is 1e+39", "out of the range of FP32"]),
     Case("object-in-data", digits(data=_with(1, {"a": 1})), ["index 1 is {'a': 1}"]),
@@ -155,6 +157,8 @@ REST_CASES = [
          model="id-uint8"),
     Case("true-in-uint8", typed("UINT8", [1, True, 0, 0]),
          ["index 1 is True", "expected an integer"], model="id-uint8"),
+    Case("true-among-large-ints", typed("INT32", [5, 7, True, 9]), ["index 2 is True"],
+         model="id-int32"),
     Case("number-in-bool", typed("BOOL", [True, 1, False, True]),
          ["index 1 is 1", "expected true or false"], model="id-bool"),
     Case("string-in-bool", typed("BOOL", [True, "true", False, True]),
