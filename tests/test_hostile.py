@@ -415,7 +415,9 @@ def test_after_the_whole_corpus_at_once_the_server_answers_right(hostile, stub):
     reply = stub.ModelInfer(_infer_request("digits", _fp32(shape=[3, 64],
                                                             fp32_contents=feeds.ravel().tolist())))
     want = reference.run("digits", {"input": feeds})
-    labels = {o.name: list(o.contents.int64_contents) for o in reply.outputs}["label"]
-    assert labels == want["label"].tolist()  # typed contents in, typed contents out
+    outputs = {o.name: o.contents for o in reply.outputs}  # typed contents in, typed out
+    assert list(outputs["label"].int64_contents) == want["label"].tolist()
+    np.testing.assert_allclose(np.reshape(outputs["probabilities"].fp32_contents, (3, 10)),
+                               want["probabilities"], rtol=1e-5, atol=1e-6)
     assert hostile.process.poll() is None
     assert "Exception in ASGI application" not in hostile.log()  # how a REST 500 is logged
