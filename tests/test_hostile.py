@@ -130,6 +130,8 @@ REST_CASES = [
     Case("numeric-string", digits(data=_with(3, "0.5")), ["index 3 is '0.5'", "a number"]),
     Case("nan-string", digits(data=_with(0, "NaN")), ["index 0 is 'NaN'"]),
     Case("true-in-fp32", digits(data=_with(63, True)), ["index 63 is True", "a number"]),
+    # (a single value that is 0 or 1 among others takes another path than many of them)
+    Case("true-among-fractions", digits(data=_with(10, True, [0.25] * 64)), ["index 10 is True"]),
     Case("fp32-overflow", digits(data=_with(7, 1e39)),
          ["index 7 is 1e+39", "out of the range of FP32"]),
     Case("object-in-data", digits(data=_with(1, {"a": 1})), ["index 1 is {'a': 1}"]),
@@ -155,6 +157,8 @@ REST_CASES = [
          model="id-uint8"),
     Case("true-in-uint8", typed("UINT8", [1, True, 0, 0]),
          ["index 1 is True", "expected an integer"], model="id-uint8"),
+    Case("true-among-large-ints", typed("INT32", [5, 7, True, 9]), ["index 2 is True"],
+         model="id-int32"),
     Case("number-in-bool", typed("BOOL", [True, 1, False, True]),
          ["index 1 is 1", "expected true or false"], model="id-bool"),
     Case("string-in-bool", typed("BOOL", [True, "true", False, True]),
@@ -411,7 +415,9 @@ def test_after_the_whole_corpus_at_once_the_server_answers_right(hostile, stub):
     reply = stub.ModelInfer(_infer_request("digits", _fp32(shape=[3, 64],
                                                             fp32_contents=feeds.ravel().tolist())))
     want = reference.run("digits", {"input": feeds})
-    labels = {o.name: list(o.contents.int64_contents) for o in reply.outputs}["label"]
-    assert labels == want["label"].tolist()  # typed contents in, typed contents out
+    outputs = {o.name: o.contents for o in reply.outputs}  # typed contents in, typed out
+    assert list(outputs["label"].int64_contents) == want["label"].tolist()
+    np.testing.assert_allclose(np.reshape(outputs["probabilities"].fp32_contents, (3, 10)),
+                               want["probabilities"], rtol=1e-5, atol=1e-6)
     assert hostile.process.poll() is None
     assert "Exception in ASGI application" not in hostile.log()  # how a REST 500 is logged
