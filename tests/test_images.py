@@ -318,11 +318,14 @@ def test_concurrent_image_requests_under_adaptive_batching_get_their_own_labels(
     files, _, _ = held_out
     name = "digits-image-batched"
     _write_model(live.repository / name, name, _digits_extra(), uri="../digits/model.onnx",
-                 max_batch_size=8, max_batch_time=0.2)
+                 max_batch_size=3, max_batch_time=5)
     assert live.http.post(f"/v2/repository/models/{name}/load").status_code == 200
     batches = [files["PNG"][i : i + size] for i, size in ((0, 1), (10, 2), (20, 3))]
+    runs = live.session_runs(name).get("0", 0)
     with ThreadPoolExecutor(len(batches)) as pool:
         responses = list(pool.map(lambda b: live.infer(name, [_images_input(b)]), batches))
+    # the three requests were merged (max_batch_size 3 sends them as soon as all came): one run
+    assert live.session_runs(name)["0"] - runs == 1
     for batch, response in zip(batches, responses):
         outputs = _outputs(response)
         want = _expected_digits(batch)
@@ -453,6 +456,28 @@ def test_a_broken_image_configuration_fails_the_load(live, case):
         assert word in message, (word, message)
     assert live.http.get(f"/v2/models/{name}/ready").status_code != 200
     _digits_image_still_serves(live)
+
+
+def test_postprocess_softmax_and_output_name(live, held_out):
+    """`softmax` turns the scores into probabilities before the top K; `output_name` puts the
+    strings under their own name and keeps the raw scores output."""
+    files, _, _ = held_out
+    name = "digits-image-softmax"
+    postprocess = dict(POSTPROCESS, softmax=True, output_name="top3")
+    _write_model(live.repository / name, name, _digits_extra(postprocess=postprocess),
+                 uri="../digits/model.onnx")
+    response = live.http.post(f"/v2/repository/models/{name}/load")
+    assert response.status_code == 200, response.text
+    metadata = live.http.get(f"/v2/models/{name}").json()
+    assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["outputs"]] == [
+        ("label", "INT64", [-1]), ("probabilities", "FP32", [-1, 10]), ("top3", "BYTES", [-1, 3])]
+    batch = files["PNG"][30:34]
+    outputs = _outputs(live.infer(name, [_images_input(batch)]))
+    scores = _expected_digits(batch)["probabilities"]
+    np.testing.assert_allclose(_array(outputs["probabilities"]), scores, rtol=1e-5, atol=1e-6)
+    softmaxed = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    _check_classes(_array(outputs["top3"], object), softmaxed, 3)
+    assert live.http.post(f"/v2/repository/models/{name}/unload").status_code == 200
 
 
 # --- the example client in the README ---
