@@ -126,8 +126,11 @@ def make_digits(clf, x_test, y_test):
         options={id(clf): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
-    # skl2onnx names the graph with a random UUID and may repeat an opset.
+    # skl2onnx names the graph with a random UUID and may repeat an opset; its version
+    # in producer_version would change the bytes with every skl2onnx release.
     model.graph.name = "digits"
+    model.producer_name = "mlserver-npu examples/make_models.py (skl2onnx)"
+    model.producer_version = ""
     opsets = {op.domain: op.version for op in model.opset_import}
     del model.opset_import[:]
     for domain, version in sorted(opsets.items()):

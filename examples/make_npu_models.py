@@ -244,6 +244,10 @@ divide by 256) and the INT64 label.
 | output | `label` | INT64 | [-1] | |
 | output | `probabilities` | UINT8 | [-1, 10] | scale 1/256, zero point 0 |
 
+The model metadata (`GET /v2/models/digits-uint8`) gives each quantized tensor's `scale` and
+`zero_point` as tensor parameters. With `"options": {"dequantize_outputs": true}` the
+probabilities come back as FP32 real values instead.
+
 Produced by `python examples/make_npu_models.py`.
 """)
     _write(path, data, x.astype(np.uint8), y)

@@ -75,3 +75,11 @@ def test_a_client_command_prints_what_readme_says(server, command, output):
     arguments = command.split()
     url = server.grpc_target if "grpc" in arguments else f"127.0.0.1:{server.http_port}"
     assert _run([sys.executable, *arguments[1:], "--url", url]) == output
+
+
+def test_the_docs_pages_readme_names_exist(server):
+    for path in ("/v2/docs", "/v2/models/digits/docs", "/v2/docs/dataplane.json"):
+        assert path in README, path
+        assert server.http.get(path).status_code == 200, path
+    assert server.http.get("/docs").status_code == 404  # README: "There is no `/docs`"
+    assert "swagger" in server.http.get("/v2/docs").text.lower()

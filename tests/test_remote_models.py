@@ -223,7 +223,8 @@ def test_a_failure_at_start_up_is_logged_at_error_with_the_reason(stores, make_s
     )
     server = Server(repository, tmp_path, env=_environment(s3, tmp_path / "cache"))
     try:
-        server.process.wait(timeout=120)  # MLServer stops when a model fails at start-up
+        # MLServer stops when a model fails at start-up, with status 0 (README says so)
+        assert server.process.wait(timeout=120) == 0
         (line,) = _error_lines(server, "broken-at-start")
         assert "HTTP 404" in line and "http://***@" in line
         assert SECRET not in server.log()
