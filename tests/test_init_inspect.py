@@ -120,7 +120,8 @@ def test_init_writes_a_folder_that_mlserver_start_serves(tmp_path):
                                            "data": [images.b64(PHOTO)]}])
         assert response.status_code == 200, response.text
         (output,) = response.json()["outputs"]
-        expected = reference.session(squeezenet).run(None, {"data_0": images.imagenet(PHOTO)[None]})[0]
+        feeds = {"data_0": images.imagenet(PHOTO)[None]}
+        expected = reference.session(squeezenet).run(None, feeds)[0]
         np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected,
                                    rtol=1e-4, atol=1e-6)
     finally:

@@ -65,7 +65,8 @@ HELP = "write a model folder (model-settings.json and the file) for a model file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_FILE", help="a local file, or an http(s):// or s3:// URI")
+    parser.add_argument("model", metavar="MODEL_FILE",
+                        help="a local file, or an http(s):// or s3:// URI")
     parser.add_argument("--into", type=Path, help="the folder to write (default: ./NAME)")
     parser.add_argument("--name", help="model name (default: the file's stem)")
     add_extra_arguments(parser)
