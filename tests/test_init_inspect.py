@@ -15,6 +15,10 @@ from server import MODEL_REPOSITORY, TFLITE_REPOSITORY, Server, cli
 PHOTO = images.encode(images.photo(320, 240), "JPEG")
 
 
+def _settings_of(folder):
+    return json.loads((folder / "model-settings.json").read_text())
+
+
 def _inspect(path):
     completed = cli("inspect", "--json", path)
     return completed, json.loads(completed.stdout)
@@ -84,7 +88,7 @@ def test_init_writes_a_folder_that_mlserver_start_serves(tmp_path):
 
     written = cli("init", tmp_path / "logreg.onnx", "--into", repository / "logreg")
     assert written.returncode == 0, written.stderr
-    settings = json.loads((repository / "logreg" / "model-settings.json").read_text())
+    settings = _settings_of(repository / "logreg")
     inputs, outputs = _ort_signature(MODEL_REPOSITORY / "digits" / "model.onnx")
     assert settings["name"] == "logreg"
     assert settings["parameters"]["uri"] == "./logreg.onnx"
@@ -98,12 +102,14 @@ def test_init_writes_a_folder_that_mlserver_start_serves(tmp_path):
     again = cli("init", tmp_path / "logreg.onnx", "--into", repository / "logreg")
     assert again.returncode == 1 and "--force overwrites it" in again.stderr
 
-    suggested = cli("init", squeezenet, "--into", repository / "photo", "--name", "photo")
+    # squeezenet's file is model.onnx: the model is named after the folder, as MLServer would
+    suggested = cli("init", squeezenet, "--into", repository / "photo")
     assert suggested.returncode == 0, suggested.stderr
     assert "--preprocess imagenet --force" in suggested.stdout
-    confirmed = cli("init", squeezenet, "--into", repository / "photo", "--name", "photo",
+    confirmed = cli("init", squeezenet, "--into", repository / "photo",
                     "--preprocess", "imagenet", "--force")
     assert confirmed.returncode == 0, confirmed.stderr
+    assert _settings_of(repository / "photo")["name"] == "photo"
 
     server = Server.start(repository, tmp_path)
     try:
@@ -120,7 +126,8 @@ def test_init_writes_a_folder_that_mlserver_start_serves(tmp_path):
                                            "data": [images.b64(PHOTO)]}])
         assert response.status_code == 200, response.text
         (output,) = response.json()["outputs"]
-        expected = reference.session(squeezenet).run(None, {"data_0": images.imagenet(PHOTO)[None]})[0]
+        feeds = {"data_0": images.imagenet(PHOTO)[None]}
+        expected = reference.session(squeezenet).run(None, feeds)[0]
         np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected,
                                    rtol=1e-4, atol=1e-6)
     finally:

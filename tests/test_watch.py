@@ -141,6 +141,7 @@ def test_serve_watch_adds_changes_and_removes_models_while_another_serves(reposi
         traffic.stop()
         server.stop()
     assert traffic.errors == [] and traffic.done > 0
+    assert server.process.returncode == 0  # SIGTERM: a clean stop
 
 
 def test_watch_sidecar_drives_a_running_mlserver(repository, tmp_path):

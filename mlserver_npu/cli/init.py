@@ -65,9 +65,11 @@ HELP = "write a model folder (model-settings.json and the file) for a model file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_FILE", help="a local file, or an http(s):// or s3:// URI")
+    parser.add_argument("model", metavar="MODEL_FILE",
+                        help="a local file, or an http(s):// or s3:// URI")
     parser.add_argument("--into", type=Path, help="the folder to write (default: ./NAME)")
-    parser.add_argument("--name", help="model name (default: the file's stem)")
+    parser.add_argument("--name", help="model name (default: the --into folder's name, else "
+                                       "the file's stem)")
     add_extra_arguments(parser)
     parser.add_argument("--preprocess", choices=sorted(PRESETS), metavar="PRESET",
                         help=f"image preprocessing preset ({', '.join(sorted(PRESETS))})")
@@ -82,7 +84,8 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     remote = "://" in args.model and not args.model.startswith("file://")
     source = Path(args.model.removeprefix("file://"))
-    name = args.name or Path(args.model.rstrip("/")).stem
+    # As MLServer names a folder's model: after the folder (a file is often just model.onnx).
+    name = args.name or (args.into.resolve().name if args.into else Path(args.model).stem)
     folder: Path = args.into or Path(name)
     settings_file = folder / "model-settings.json"
     if settings_file.exists() and not args.force:

@@ -75,7 +75,8 @@ def _print(report: Dict[str, Any]) -> None:
     print(f"backend  {report['backend']} on {', '.join(report['devices'])} "
           f"(available here: {', '.join(report['available_devices']) or 'none'})")
     if report["static_batch"]:
-        print(f"batch    static {report['static_batch']} (requests of any size are split and padded)")
+        print(f"batch    static {report['static_batch']} "
+              "(requests of any size are split and padded)")
     for kind in ["inputs", "outputs"]:
         for tensor in report[kind]:
             shape = "[" + ", ".join(map(str, tensor["shape"])) + "]"

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.repository.is_dir():
         print(f"mlserver-npu watch: '{args.repository}' is not a folder", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(name)s] %(levelname)s - %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [%(name)s] %(levelname)s - %(message)s"
+    )
     print(f"Watching {args.repository} for {args.url} every {args.poll_interval:g} s", flush=True)
     try:
         return asyncio.run(watch(args.repository, args.url, args.poll_interval))
