@@ -152,7 +152,7 @@ def test_serve_exits_non_zero_naming_a_model_that_cannot_load(tmp_path):
 
 @pytest.mark.parametrize("name, expected", [
     ("missing", "does not exist"),
-    ("model.pt", "not a model file this plugin knows (.onnx, .tflite)"),
+    ("model.pt", "not a model file this plugin knows (.onnx, .tflite"),
 ])
 def test_serve_refuses_a_path_without_a_model(tmp_path, name, expected):
     if name.endswith(".pt"):
