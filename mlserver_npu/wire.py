@@ -10,8 +10,8 @@ wraps those two entry points once per process:
 - requests to a model that registered here (an NPURuntime model, `register`) get their raw
   inputs validated and viewed as flat `WireArray`s over the received bytes (BYTES inputs as
   a list of bytes, as MLServer gives them); every other model gets MLServer's own result;
-- responses whose outputs hold arrays are packed from the arrays' buffers, the other outputs
-  as MLServer packs them.
+- responses whose outputs hold WireArrays (only NPURuntime makes them) are packed from the
+  arrays' buffers, the other outputs as MLServer packs them.
 
 The patch is applied only to the MLServer versions whose functions it was checked against
 (`SUPPORTED`, and the source fingerprints in `CHECKED`); anything else logs a
@@ -118,7 +118,7 @@ def wire_array(array: np.ndarray) -> WireArray:
 
 def carries_arrays(request: InferenceRequest) -> bool:
     """Whether the request came through the zero-copy path (so arrays may go back)."""
-    return any(isinstance(_data(item), np.ndarray) for item in request.inputs)
+    return any(isinstance(_data(item), WireArray) for item in request.inputs)
 
 
 # Models that take the zero-copy path: name -> {version: number of loaded instances}. A
@@ -165,8 +165,8 @@ def _serves(name: str, version: str) -> bool:
     versions = _models.get(name)
     if not versions:
         return False
-    # No version in the request means the model's default version, which is ours when
-    # every loaded version of that name registered here.
+    # No version in the request means the model's default version: taken as ours, which
+    # holds unless one name has versions of different runtimes (a limit the README states).
     return version in versions if version else True
 
 
@@ -216,7 +216,7 @@ def _wrap() -> None:
     def from_types(
         cls, type_object: InferenceResponse, use_raw: bool = False
     ) -> pb.ModelInferResponse:
-        if not any(isinstance(_data(output), np.ndarray) for output in type_object.outputs):
+        if not any(isinstance(_data(output), WireArray) for output in type_object.outputs):
             return original_from_types(cls, type_object, use_raw)
         return response_from_types(type_object, use_raw, lambda r: original_from_types(cls, r))
 
@@ -315,7 +315,8 @@ def _unpack_bytes(name: str, raw: bytes, count: int) -> List[bytes]:
         offset += size
     if len(elements) != count:
         raise InferenceError(
-            f"input {name}: shape {count} element(s), raw contents hold {len(elements)}"
+            f"input {name}: the shape needs {count} BYTES element(s), the raw contents "
+            f"hold {len(elements)}"
         )
     return elements
 
@@ -330,7 +331,7 @@ def response_from_types(
     raw = []
     for output in response.outputs:
         data = _data(output)
-        if isinstance(data, np.ndarray):
+        if isinstance(data, WireArray):
             if use_raw:
                 dtype = _LITTLE_ENDIAN[getattr(output.datatype, "value", output.datatype)]
                 raw.append(data.astype(dtype, copy=False).tobytes())
