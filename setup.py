@@ -25,6 +25,10 @@ setup(
         "numpy>=1.24",
         "pydantic>=2.0,<3",
         "pydantic-settings>=2.0",
+        # MLServer's REST parses and renders JSON with orjson when it is installed (mlserver
+        # 1.7.1 requires it; explicit here because the REST path's speed rests on it).
+        "orjson>=3.8",
+        "packaging>=21",  # wire.py's MLServer version guard
         # remote model URIs (mlserver_npu.sources)
         "httpx>=0.27",
         "aiofiles>=23.1",

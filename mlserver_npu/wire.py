@@ -10,8 +10,8 @@ wraps those two entry points once per process:
 - requests to a model that registered here (an NPURuntime model, `register`) get their raw
   inputs validated and viewed as flat `WireArray`s over the received bytes (BYTES inputs as
   a list of bytes, as MLServer gives them); every other model gets MLServer's own result;
-- responses whose outputs hold arrays are packed from the arrays' buffers, the other outputs
-  as MLServer packs them.
+- responses whose outputs hold WireArrays (only NPURuntime makes them) are packed from the
+  arrays' buffers, the other outputs as MLServer packs them.
 
 The patch is applied only to the MLServer versions whose functions it was checked against
 (`SUPPORTED`, and the source fingerprints in `CHECKED`); anything else logs a
@@ -22,7 +22,7 @@ import inspect
 import logging
 import math
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import mlserver
 import mlserver.raw
@@ -32,12 +32,19 @@ from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.converters import (
     InferInputTensorConverter,
     InferRequestedOutputTensorConverter,
+    InferTensorContentsConverter,
     ModelInferRequestConverter,
     ModelInferResponseConverter,
     ParametersConverter,
 )
 from mlserver.settings import ModelSettings
-from mlserver.types import InferenceRequest, InferenceResponse, RequestInput, TensorData
+from mlserver.types import (
+    InferenceRequest,
+    InferenceResponse,
+    RequestInput,
+    RequestOutput,
+    TensorData,
+)
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from pydantic_core import SchemaSerializer, core_schema
@@ -56,6 +63,14 @@ CHECKED: Dict[str, Tuple[Callable[[], Callable], str]] = {
     "ModelInferResponseConverter.from_types": (
         lambda: ModelInferResponseConverter.from_types,
         "9ddc1c7672dc95f3c126c4ec130774946481f7b6afe4ba2f4bec28da15303510",
+    ),
+    "InferInputTensorConverter.to_types": (
+        lambda: InferInputTensorConverter.to_types,
+        "32abace70f3679f9999aa567497a82318bd3b9e6e6917e0d3e3e17bbbf084b2e",
+    ),
+    "InferRequestedOutputTensorConverter.to_types": (
+        lambda: InferRequestedOutputTensorConverter.to_types,
+        "b1fc44baca5bfe8049facafcb5dfdfb5729ca6f36a130ed98c606b1e5bb474e1",
     ),
     "mlserver.raw.inject_raw": (
         lambda: mlserver.raw.inject_raw,
@@ -103,7 +118,7 @@ def wire_array(array: np.ndarray) -> WireArray:
 
 def carries_arrays(request: InferenceRequest) -> bool:
     """Whether the request came through the zero-copy path (so arrays may go back)."""
-    return any(isinstance(_data(item), np.ndarray) for item in request.inputs)
+    return any(isinstance(_data(item), WireArray) for item in request.inputs)
 
 
 # Models that take the zero-copy path: name -> {version: number of loaded instances}. A
@@ -150,8 +165,8 @@ def _serves(name: str, version: str) -> bool:
     versions = _models.get(name)
     if not versions:
         return False
-    # No version in the request means the model's default version, which is ours when
-    # every loaded version of that name registered here.
+    # No version in the request means the model's default version: taken as ours, which
+    # holds unless one name has versions of different runtimes (a limit the README states).
     return version in versions if version else True
 
 
@@ -201,7 +216,7 @@ def _wrap() -> None:
     def from_types(
         cls, type_object: InferenceResponse, use_raw: bool = False
     ) -> pb.ModelInferResponse:
-        if not any(isinstance(_data(output), np.ndarray) for output in type_object.outputs):
+        if not any(isinstance(_data(output), WireArray) for output in type_object.outputs):
             return original_from_types(cls, type_object, use_raw)
         return response_from_types(type_object, use_raw, lambda r: original_from_types(cls, r))
 
@@ -212,36 +227,50 @@ def _wrap() -> None:
 
 
 def request_to_types(pb_object: pb.ModelInferRequest) -> InferenceRequest:
-    """MLServer's `ModelInferRequestConverter.to_types`, with raw contents as arrays."""
+    """MLServer's `ModelInferRequestConverter.to_types` (and `InferInputTensorConverter`'s),
+    with raw contents as arrays."""
+    raw = pb_object.raw_input_contents
+    # As `mlserver.raw.inject_raw`: the inputs without typed contents take the raw entries in
+    # order.
+    pending = [tensor for tensor in pb_object.inputs if not tensor.contents.ListFields()]
+    if len(pending) != len(raw):
+        raise InferenceError(
+            f"the request has {len(raw)} raw_input_contents entries for "
+            f"{len(pending)} input(s) without contents"
+            + (f" ({', '.join(_quote(tensor.name) for tensor in pending)})" if pending else "")
+        )
+    views = {id(tensor): view(tensor, entry) for tensor, entry in zip(pending, raw)}
     request = InferenceRequest.model_construct(
         id=pb_object.id,
         parameters=ParametersConverter.to_types(pb_object.parameters),
-        inputs=[InferInputTensorConverter.to_types(inp) for inp in pb_object.inputs],
+        inputs=[
+            RequestInput.model_construct(
+                name=tensor.name,
+                shape=list(tensor.shape),
+                datatype=tensor.datatype,
+                parameters=ParametersConverter.to_types(tensor.parameters),
+                data=(
+                    TensorData.model_construct(root=views[id(tensor)])
+                    if id(tensor) in views
+                    else InferTensorContentsConverter.to_types(tensor.contents)
+                ),
+            )
+            for tensor in pb_object.inputs
+        ],
     )
     if pb_object.outputs:
         request.outputs = [
-            InferRequestedOutputTensorConverter.to_types(out) for out in pb_object.outputs
+            RequestOutput.model_construct(
+                name=output.name, parameters=ParametersConverter.to_types(output.parameters)
+            )
+            for output in pb_object.outputs
         ]
-    attach_raw(request.inputs, pb_object.raw_input_contents)
     return request
 
 
-def attach_raw(inputs: Sequence[RequestInput], raw_contents: Sequence[bytes]) -> None:
-    """As `mlserver.raw.inject_raw`: the inputs without typed contents take the raw entries
-    in order. Each is checked against its input's datatype and shape first."""
-    pending = [item for item in inputs if not item.data]
-    if len(pending) != len(raw_contents):
-        raise InferenceError(
-            f"the request has {len(raw_contents)} raw_input_contents entries for "
-            f"{len(pending)} input(s) without contents"
-            + (f" ({', '.join(_quote(item.name) for item in pending)})" if pending else "")
-        )
-    for item, raw in zip(pending, raw_contents):
-        item.data = TensorData.model_construct(root=view(item, raw))
-
-
-def view(item: RequestInput, raw: bytes) -> object:
-    """One raw entry as a flat WireArray over `raw` (BYTES: a list of bytes)."""
+def view(item: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> object:
+    """One raw entry as a flat WireArray over `raw` (BYTES: a list of bytes), once it is
+    checked against the input's datatype and shape."""
     name = _quote(item.name)
     shape = list(item.shape)
     if any(dim < 0 for dim in shape):
@@ -286,7 +315,8 @@ def _unpack_bytes(name: str, raw: bytes, count: int) -> List[bytes]:
         offset += size
     if len(elements) != count:
         raise InferenceError(
-            f"input {name}: shape {count} element(s), raw contents hold {len(elements)}"
+            f"input {name}: the shape needs {count} BYTES element(s), the raw contents "
+            f"hold {len(elements)}"
         )
     return elements
 
@@ -301,16 +331,16 @@ def response_from_types(
     raw = []
     for output in response.outputs:
         data = _data(output)
-        if isinstance(data, np.ndarray):
+        if isinstance(data, WireArray):
             if use_raw:
                 dtype = _LITTLE_ENDIAN[getattr(output.datatype, "value", output.datatype)]
                 raw.append(data.astype(dtype, copy=False).tobytes())
-                output.data = TensorData.model_construct(root=[])
+                output.data = []  # as extract_raw does
             else:
-                output.data = TensorData.model_construct(root=data.tolist())
+                output.data = data.tolist()
         elif use_raw:
             raw.append(mlserver.raw.pack(output))
-            output.data = TensorData.model_construct(root=[])
+            output.data = []
     message = convert(response)
     if use_raw:
         message.raw_output_contents.extend(raw)

@@ -6,6 +6,7 @@ parallel workers and streaming keep working; memory stays flat. The first test p
 MLServer functions the module wraps."""
 import inspect
 import json
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from server import REPO, Server, copy_model, copy_repository, grpc_calls
 
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import dataplane_pb2_grpc
+from mlserver.errors import InferenceError
 from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
 from mlserver.types import InferenceResponse, ResponseOutput
 from mlserver_npu import wire
@@ -182,6 +184,29 @@ def test_wrapped_mlserver_functions_are_the_checked_ones():
             lambda r: original(ModelInferResponseConverter, r, False),
         )
         assert got.SerializeToString() == expected.SerializeToString(), use_raw
+
+
+def test_raw_contents_are_checked_before_they_are_viewed():
+    """The cases the example models cannot show (their inputs are FP32 and image BYTES)."""
+    def tensor(datatype, shape):
+        return pb.ModelInferRequest.InferInputTensor(name="t", datatype=datatype, shape=shape)
+
+    assert wire.view(tensor("BOOL", [3]), b"\x00\x01\x01").tolist() == [False, True, True]
+    assert wire.view(tensor("INT16", [2]), b"\x01\x00\xff\xff").tolist() == [1, -1]
+    assert wire.view(tensor("BYTES", [2]), b"\x01\x00\x00\x00a\x00\x00\x00\x00") == [b"a", b""]
+    for datatype, shape, raw, words in [
+        ("BOOL", [2], b"\x01\x02", "BOOL raw contents must be bytes 0 or 1"),
+        ("BYTES", [3], b"\x01\x00\x00\x00a", "needs 3 BYTES element(s), the raw contents hold 1"),
+        ("FP16", [3], b"\x00" * 5, "FP16 [3] needs 6 bytes of raw contents, got 5"),
+        ("FP32", [2**40, 2**40], b"", "needs 4835703278458516698824704 bytes"),
+    ]:
+        with pytest.raises(InferenceError, match=re.escape(words)):
+            wire.view(tensor(datatype, shape), raw)
+    long_name = "x" * 10_000
+    with pytest.raises(InferenceError) as raised:
+        wire.view(pb.ModelInferRequest.InferInputTensor(name=long_name, datatype="FP32",
+                                                         shape=[1]), b"")
+    assert len(str(raised.value)) < 200  # client text is quoted cut short
 
 
 def test_outputs_bit_exact_with_the_path_on_and_off(fast, slow):
