@@ -49,6 +49,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from pydantic_core import SchemaSerializer, core_schema
 
+from .errors import shorten
+
 logger = logging.getLogger("mlserver.npu")
 
 SUPPORTED = SpecifierSet(">=1.7.1,<1.8")
@@ -237,7 +239,7 @@ def request_to_types(pb_object: pb.ModelInferRequest) -> InferenceRequest:
         raise InferenceError(
             f"the request has {len(raw)} raw_input_contents entries for "
             f"{len(pending)} input(s) without contents"
-            + (f" ({', '.join(_quote(tensor.name) for tensor in pending)})" if pending else "")
+            + (f" ({', '.join(shorten(tensor.name) for tensor in pending)})" if pending else "")
         )
     views = {id(tensor): view(tensor, entry) for tensor, entry in zip(pending, raw)}
     request = InferenceRequest.model_construct(
@@ -271,7 +273,7 @@ def request_to_types(pb_object: pb.ModelInferRequest) -> InferenceRequest:
 def view(item: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> object:
     """One raw entry as a flat WireArray over `raw` (BYTES: a list of bytes), once it is
     checked against the input's datatype and shape."""
-    name = _quote(item.name)
+    name = shorten(item.name)
     shape = list(item.shape)
     if any(dim < 0 for dim in shape):
         raise InferenceError(f"input {name}: shape {shape} has a negative dimension")
@@ -280,7 +282,7 @@ def view(item: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> object:
     dtype = _LITTLE_ENDIAN.get(item.datatype)
     if dtype is None:
         raise InferenceError(
-            f"input {name}: unknown datatype {_quote(str(item.datatype))}; one of "
+            f"input {name}: unknown datatype {shorten(str(item.datatype))}; one of "
             + ", ".join(list(_LITTLE_ENDIAN) + ["BYTES"])
         )
     expected = math.prod(shape) * dtype.itemsize
@@ -349,8 +351,3 @@ def response_from_types(
 
 def _data(item) -> object:
     return getattr(item.data, "root", item.data)
-
-
-def _quote(text: str, limit: int = 100) -> str:
-    """Client text in a message: quoted, and cut at `limit` characters."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
