@@ -1,6 +1,7 @@
 """Ask a server started from the image (by .ci/image-test) what a user would: health, metadata,
 and the same digits over REST and gRPC, compared with onnxruntime run here on the same file;
-and check that the process listening on the REST port runs as the image's non-root user."""
+that other models are ready on their backends (an extra's runtime installed); and check that
+the process listening on the REST port runs as the image's non-root user."""
 import argparse
 import sys
 import time
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--reference", required=True, help="the model file, run here")
     parser.add_argument("--uid", type=int, required=True, help="the image's USER")
     parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument("--other", action="append", default=[], metavar="MODEL=BACKEND",
+                        help="another model that must be ready, on that backend")
     args = parser.parse_args()
 
     rows = load_digits().data[:5].astype(np.float32)
@@ -72,6 +75,13 @@ def main() -> int:
         np.testing.assert_allclose(
             result.as_numpy(name), value, rtol=1e-5, atol=1e-6, err_msg=f"gRPC {name}"
         )
+
+    for other in args.other:
+        name, backend = other.split("=")
+        wait_ready(client, name, args.timeout)
+        served_by = client.get(f"/v2/models/{name}").json()["parameters"]["backend"]
+        assert served_by == backend, f"{name} is served by {served_by}, not {backend}"
+        print(f"{name}: ready on {backend}")
 
     uid = listener_uid(int(args.http.rsplit(":", 1)[1]))
     assert uid == args.uid != 0, f"server runs as uid {uid}, the image's USER is {args.uid}"
