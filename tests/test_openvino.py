@@ -296,10 +296,12 @@ def test_npu_needs_options_shape_for_other_dynamic_dimensions(ovserver, tmp_path
 
 def test_a_second_load_comes_from_the_cache_and_a_changed_model_does_not(ovserver, tmp_path):
     source = MODEL_REPOSITORY / "digits-temperature" / "model.onnx"
-    extra = OV_F32
+    # options no other test uses: an entry of its own
+    extra = {**OV, "options": {**F32, "threads": 1}}
     first = model_folder(ovserver.repository, "cache-a", source, extra)
-    # another model folder with the same file, device and options: the same entry
-    model_folder(ovserver.repository, "cache-b", source, extra)
+    # another model with a copy of the file, the same device and options: the same entry
+    model_folder(ovserver.repository, "cache-b", shutil.copy(source, tmp_path / "copy.onnx"),
+                 extra)
     for name, cached in [("cache-a", False), ("cache-b", True)]:
         assert ovserver.http.post(f"/v2/repository/models/{name}/load").status_code == 200
         parameters = ovserver.http.get(f"/v2/models/{name}").json()["parameters"]
@@ -346,14 +348,22 @@ def test_compile_then_a_cold_start_loads_from_the_cache(make_server, tmp_path):
                {**OV, "device": "AUTO"})
     ir_folder(repository, "digits-ir", {"options": F32})
     copy_model(MODEL_REPOSITORY / "digits", repository, "digits")  # onnxruntime: nothing to do
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    copy_model(MODEL_REPOSITORY / "squeezenet", elsewhere, "on-npu", {**OV, "device": "NPU"})
     cache = tmp_path / "cache"
 
-    completed = compile_command(str(repository), "--json", cache=cache)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    completed = compile_command(str(repository), str(elsewhere / "on-npu"), "--json",
+                                cache=cache)
+    assert completed.returncode == 1, completed.stdout + completed.stderr  # on-npu failed
     reports = {r["model"]: r for r in json.loads(completed.stdout)}
     assert reports["squeezenet-auto"]["loaded_from_cache"] is False
     assert reports["digits-ir"]["loaded_from_cache"] is False
     assert "loaded_from_cache" not in reports["digits"]
+    assert reports["on-npu"]["ok"] is False
+    assert "Model 'on-npu' could not be loaded: OpenVINO device 'NPU'" in reports["on-npu"]["error"]
+    openvino_entries = [p.name for p in (cache / "compiled" / "openvino").iterdir()]
+    assert sorted(name.split("-")[0] for name in openvino_entries) == [".staging", "AUTO", "CPU"]
 
     again = compile_command(str(repository / "digits-ir"), cache=cache)
     assert again.returncode == 0
@@ -367,13 +377,3 @@ def test_compile_then_a_cold_start_loads_from_the_cache(make_server, tmp_path):
     response = live.infer("digits-ir", [v2_input(k, v) for k, v in feeds.items()])
     check_outputs({o["name"]: o for o in response.json()["outputs"]},
                   reference.run("digits-temperature", feeds), 1e-5)
-
-
-def test_compile_reports_a_model_that_fails(tmp_path):
-    copy_model(MODEL_REPOSITORY / "squeezenet", tmp_path, "on-npu", {**OV, "device": "NPU"})
-    completed = compile_command(str(tmp_path / "on-npu"), cache=tmp_path / "cache")
-    assert completed.returncode == 1
-    assert "on-npu: FAILED: Model 'on-npu' could not be loaded: OpenVINO device 'NPU'" in (
-        completed.stdout)
-    assert not (tmp_path / "cache" / "compiled").exists() or not any(
-        p.name != ".staging" for p in (tmp_path / "cache" / "compiled" / "openvino").iterdir())

@@ -61,10 +61,14 @@ class Entry:
 
 
 @contextmanager
-def cache_entry(backend: str, key: str, facts: Mapping[str, Any]) -> Iterator[Entry]:
-    """The entry `key`: as it is when it exists, else a staging folder that becomes the entry
-    when the block succeeds (with `entry.json` = `facts`) and is removed when it fails."""
+def cache_entry(
+    backend: str, slug: str, facts: Mapping[str, Any], source: Path
+) -> Iterator[Entry]:
+    """The entry for `facts` (what decides the compiled result: model digest, device,
+    options, versions; not where the file is): as it is when it exists, else a staging folder
+    that becomes the entry when the block succeeds and is removed when it fails."""
     root = cache_root(backend)
+    key = entry_key(slug, facts)
     final = root / key
     if (final / ENTRY).is_file():
         yield Entry(final, True)
@@ -74,7 +78,8 @@ def cache_entry(backend: str, key: str, facts: Mapping[str, Any]) -> Iterator[En
     try:
         yield Entry(staging, False)
         (staging / ENTRY).write_text(
-            json.dumps({**facts, "compiled_at": time.time()}, indent=2, default=str)
+            json.dumps({**facts, "source": str(source), "compiled_at": time.time()}, indent=2,
+                       default=str)
         )
         try:
             os.rename(staging, final)

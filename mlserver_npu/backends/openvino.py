@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from .base import BackendError, InvalidInput, TensorSpec
-from .compiled import cache_entry, entry_key, files_sha256
+from .base import BackendError, InvalidInput, TensorSpec, context_batch
+from .compiled import cache_entry, files_sha256
 
 try:
     import openvino as ov
@@ -91,7 +91,7 @@ class Options(BaseModel):
             context.get("sessions") or 1
         ) > 1:
             self.performance_hint = "THROUGHPUT"
-        self._static_batch = self.batch_size or max(context.get("max_batch_size") or 1, 1)
+        self._static_batch = self.batch_size or context_batch(context)
         return self
 
     def config(self) -> Dict[str, Any]:
@@ -301,13 +301,13 @@ def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
             ) from error
     config = options.config()
     facts = {
-        "model": str(model_path), "sha256": files_sha256(files), "device": device,
+        "sha256": files_sha256(files), "device": device,
         "config": config, "shapes": shapes, "openvino": ov.get_version(),
     }
     start = time.perf_counter()
     try:
         if options.cache:
-            with cache_entry("openvino", entry_key(device, facts), facts) as entry:
+            with cache_entry("openvino", device, facts, model_path) as entry:
                 compiled = core.compile_model(model, device, {**config, "CACHE_DIR": str(entry.folder)})
         else:
             compiled = core.compile_model(model, device, config)
