@@ -22,6 +22,12 @@ from reference import v2_input
 from server import MODEL_REPOSITORY, REPO, TFLITE_REPOSITORY, Server, copy_model, grpc_calls
 from test_tflite import litert
 
+try:
+    import onnxruntime_qnn  # noqa: F401
+    HAVE_QNN = True
+except ImportError:
+    HAVE_QNN = False
+
 F32 = {"precision_hint": "f32"}
 # The example folders carry onnxruntime options: every copy here replaces them.
 OV = {"backend": "openvino", "options": {}}
@@ -344,36 +350,47 @@ def test_compile_then_a_cold_start_loads_from_the_cache(make_server, tmp_path):
     repository = tmp_path / "repository"
     repository.mkdir()
     shutil.copy(MODEL_REPOSITORY / "settings.json", repository)
-    copy_model(MODEL_REPOSITORY / "squeezenet", repository, "squeezenet-auto",
+    copy_model(MODEL_REPOSITORY / "squeezenet", repository, "squeezenet-on-auto",
                {**OV, "device": "AUTO"})
-    ir_folder(repository, "digits-ir", {"options": F32})
+    ir_folder(repository, "digits-ir-copy", {"options": F32})
     copy_model(MODEL_REPOSITORY / "digits", repository, "digits")  # onnxruntime: nothing to do
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     copy_model(MODEL_REPOSITORY / "squeezenet", elsewhere, "on-npu", {**OV, "device": "NPU"})
     cache = tmp_path / "cache"
 
-    completed = compile_command(str(repository), str(elsewhere / "on-npu"), "--json",
-                                cache=cache)
+    examples = [REPO / "examples" / "openvino-repository", REPO / "examples" / "qnn"]
+    completed = compile_command(str(repository), str(elsewhere / "on-npu"), *map(str, examples),
+                                "--json", cache=cache)
     assert completed.returncode == 1, completed.stdout + completed.stderr  # on-npu failed
     reports = {r["model"]: r for r in json.loads(completed.stdout)}
-    assert reports["squeezenet-auto"]["loaded_from_cache"] is False
-    assert reports["digits-ir"]["loaded_from_cache"] is False
+    # the committed examples load as they are (QNN where onnxruntime-qnn is installed)
+    assert reports["digits-ir"]["ok"] and reports["squeezenet-auto"]["ok"]
+    assert reports["digits-qnn"]["ok"] is HAVE_QNN, reports["digits-qnn"]
+    if HAVE_QNN:
+        assert reports["digits-qnn"]["devices"] == "qnn:htp"
+    assert reports["squeezenet-on-auto"]["loaded_from_cache"] is False
+    # the example digits-ir, compiled after the repository, is the same IR (files, device and
+    # options) as digits-ir-copy: the same entry
+    assert reports["digits-ir-copy"]["loaded_from_cache"] is False
+    assert reports["digits-ir"]["loaded_from_cache"] is True
     assert "loaded_from_cache" not in reports["digits"]
     assert reports["on-npu"]["ok"] is False
     assert "Model 'on-npu' could not be loaded: OpenVINO device 'NPU'" in reports["on-npu"]["error"]
     openvino_entries = [p.name for p in (cache / "compiled" / "openvino").iterdir()]
-    assert sorted(name.split("-")[0] for name in openvino_entries) == [".staging", "AUTO", "CPU"]
+    # squeezenet on AUTO, the IR on CPU, the example squeezenet on AUTO with other options
+    assert sorted(name.split("-")[0] for name in openvino_entries) == [
+        ".staging", "AUTO", "AUTO", "CPU"]
 
-    again = compile_command(str(repository / "digits-ir"), cache=cache)
+    again = compile_command(str(repository / "digits-ir-copy"), cache=cache)
     assert again.returncode == 0
-    assert again.stdout.strip().startswith("digits-ir: openvino on CPU in ")
+    assert again.stdout.strip().startswith("digits-ir-copy: openvino on CPU in ")
     assert again.stdout.strip().endswith("loaded from the cache")
 
     live = make_server(repository, env={"MLSERVER_NPU_CACHE_DIR": str(cache)})
-    for name in ("squeezenet-auto", "digits-ir"):
+    for name in ("squeezenet-on-auto", "digits-ir-copy"):
         assert live.http.get(f"/v2/models/{name}").json()["parameters"]["loaded_from_cache"] is True
     feeds = reference.sample_inputs("digits-temperature", 2)
-    response = live.infer("digits-ir", [v2_input(k, v) for k, v in feeds.items()])
+    response = live.infer("digits-ir-copy", [v2_input(k, v) for k, v in feeds.items()])
     check_outputs({o["name"]: o for o in response.json()["outputs"]},
                   reference.run("digits-temperature", feeds), 1e-5)
