@@ -273,6 +273,30 @@ class _Compiled:
         self.compiled, self.label, self.details, self.warnings = compiled, label, details, warnings
 
 
+def _needs_reshape(device: str, options: Options) -> bool:
+    return bool(options.shape or options.batch_size or "NPU" in _plain_devices(device))
+
+
+def _read(core: "ov.Core", model_path: Path, device: str, options: Options) -> Tuple[Any, Dict]:
+    """What to compile and the reshape applied: the file's path when nothing needs reshaping
+    (OpenVINO then skips reading the model on a cache hit), else the reshaped model."""
+    if not _needs_reshape(device, options):
+        return str(model_path), {}
+    try:
+        model = core.read_model(str(model_path))
+    except Exception as error:  # RuntimeError for a file it cannot parse
+        raise BackendError(f"OpenVINO cannot read '{model_path.name}': {_message(error)}") from error
+    shapes = _static_shapes(model, device, options)
+    if shapes:
+        try:
+            model.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
+        except Exception as error:
+            raise BackendError(
+                f"OpenVINO cannot reshape '{model_path.name}' to {shapes}: {_message(error)}"
+            ) from error
+    return model, shapes
+
+
 def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
     core = ov.Core()
     warnings: List[str] = []
@@ -287,34 +311,25 @@ def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
     for file in files:
         if not file.is_file():
             raise BackendError(f"OpenVINO model file '{file.name}' does not exist")
-    try:
-        model = core.read_model(str(model_path))
-    except Exception as error:  # RuntimeError for a file it cannot parse
-        raise BackendError(f"OpenVINO cannot read '{model_path.name}': {_message(error)}") from error
-    shapes = _static_shapes(model, device, options)
-    if shapes:
-        try:
-            model.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
-        except Exception as error:
-            raise BackendError(
-                f"OpenVINO cannot reshape '{model_path.name}' to {shapes}: {_message(error)}"
-            ) from error
-    config = options.config()
-    facts = {
-        "sha256": files_sha256(files), "device": device,
-        "config": config, "shapes": shapes, "openvino": ov.get_version(),
-    }
     start = time.perf_counter()
+    source, shapes = _read(core, model_path, device, options)
+    config = options.config()
+    facts = {"sha256": files_sha256(files), "device": device, "config": config,
+             "shapes": shapes, "openvino": ov.get_version()}
+    if isinstance(source, str):  # OpenVINO names the blob of a file after its path alone
+        facts["path"] = str(model_path.resolve())
     try:
         if options.cache:
             with cache_entry("openvino", device, facts, model_path) as entry:
-                compiled = core.compile_model(model, device, {**config, "CACHE_DIR": str(entry.folder)})
+                compiled = core.compile_model(
+                    source, device, {**config, "CACHE_DIR": str(entry.folder)}
+                )
         else:
-            compiled = core.compile_model(model, device, config)
+            compiled = core.compile_model(source, device, config)
     except Exception as error:
         raise BackendError(
-            f"OpenVINO cannot compile '{model_path.name}' for device '{device}': "
-            f"{_message(error)}; available: {_available(core)}"
+            f"OpenVINO cannot load '{model_path.name}' on device '{device}': "
+            f"{_message(error)}; available devices: {_available(core)}"
         ) from error
     seconds = time.perf_counter() - start
     details: Dict[str, Any] = {
