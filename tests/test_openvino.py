@@ -3,6 +3,7 @@ outputs equal to onnxruntime, LiteRT and OpenVINO run directly, over REST and gR
 as concurrent infer requests; devices that are not here; the static-shape rule of NPUs; the
 compiled-model cache; and `mlserver-npu compile` before a cold start."""
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -22,11 +23,7 @@ from reference import v2_input
 from server import MODEL_REPOSITORY, REPO, TFLITE_REPOSITORY, Server, copy_model, grpc_calls
 from test_tflite import litert
 
-try:
-    import onnxruntime_qnn  # noqa: F401
-    HAVE_QNN = True
-except ImportError:
-    HAVE_QNN = False
+HAVE_QNN = importlib.util.find_spec("onnxruntime_qnn") is not None
 
 F32 = {"precision_hint": "f32"}
 # The example folders carry onnxruntime options: every copy here replaces them.
@@ -98,17 +95,28 @@ def model_folder(repository: Path, name: str, model: Path, extra: dict, **top) -
     return folder
 
 
-@pytest.fixture(scope="module")
-def ovserver(tmp_path_factory):
-    root = tmp_path_factory.mktemp("openvino")
+def empty_repository(root: Path) -> Path:
     repository = root / "repository"
     repository.mkdir()
     shutil.copy(MODEL_REPOSITORY / "settings.json", repository)
+    return repository
+
+
+def start_with_cache(repository: Path, root: Path) -> Server:
+    """A server of `repository` whose MLSERVER_NPU_CACHE_DIR (`.cache`) is `root/cache`."""
+    running = Server.start(repository, root, env={"MLSERVER_NPU_CACHE_DIR": str(root / "cache")})
+    running.cache = root / "cache"
+    return running
+
+
+@pytest.fixture(scope="module")
+def ovserver(tmp_path_factory):
+    root = tmp_path_factory.mktemp("openvino")
+    repository = empty_repository(root)
     for name, (source, extra, _) in MODELS.items():
         copy_model(source, repository, name, extra)
     ir_folder(repository, "ov-ir", {"options": F32})
-    running = Server.start(repository, root, env={"MLSERVER_NPU_CACHE_DIR": str(root / "cache")})
-    running.cache = root / "cache"
+    running = start_with_cache(repository, root)
     yield running
     running.stop()
 
@@ -137,6 +145,28 @@ def check_outputs(got: dict, want: dict, atol: float) -> None:
         value = np.asarray(got[name]["data"], dtype=array.dtype).reshape(got[name]["shape"])
         assert value.shape == array.shape, name
         np.testing.assert_allclose(value, array, atol=atol, rtol=0, err_msg=name)
+
+
+def load(server: Server, name: str) -> None:
+    response = server.http.post(f"/v2/repository/models/{name}/load")
+    assert response.status_code == 200, response.text
+
+
+def load_error(server: Server, name: str) -> str:
+    """The message of a load that must fail with a 400."""
+    response = server.http.post(f"/v2/repository/models/{name}/load")
+    assert response.status_code == 400, response.text
+    return response.json()["error"]
+
+
+def served_like_onnxruntime(server: Server, name: str, model: str = "digits-temperature",
+                            batch: int = 3, atol: float = 1e-5) -> None:
+    """`name` answers like onnxruntime running `model` (an example model) on a sample."""
+    feeds = reference.sample_inputs(model, batch)
+    response = server.infer(name, [v2_input(k, v) for k, v in feeds.items()])
+    assert response.status_code == 200, response.text
+    check_outputs({o["name"]: o for o in response.json()["outputs"]},
+                  reference.run(model, feeds), atol)
 
 
 SERVED = [*MODELS, "ov-ir"]
@@ -230,18 +260,15 @@ def test_an_unavailable_device_fails_only_its_load(ovserver, case):
     name, extra, words = case
     name = f"unavailable-{name}"
     copy_model(MODEL_REPOSITORY / "squeezenet", ovserver.repository, name, extra)
-    response = ovserver.http.post(f"/v2/repository/models/{name}/load")
-    assert response.status_code == 400, response.text
+    error = load_error(ovserver, name)
     for word in words:
-        assert word in response.json()["error"], (word, response.json()["error"])
+        assert word in error, (word, error)
     assert ovserver.http.get("/v2/models/ov-squeezenet/ready").status_code == 200
 
 
 def test_ops_openvino_cannot_convert_fail_the_load_naming_them(ovserver):
     copy_model(MODEL_REPOSITORY / "digits", ovserver.repository, "ov-digits-ml", OV)
-    response = ovserver.http.post("/v2/repository/models/ov-digits-ml/load")
-    assert response.status_code == 400
-    error = response.json()["error"]
+    error = load_error(ovserver, "ov-digits-ml")
     assert "OpenVINO cannot load 'model.onnx' on device 'CPU'" in error
     assert "ai.onnx.ml.LinearClassifier" in error
 
@@ -249,15 +276,12 @@ def test_ops_openvino_cannot_convert_fail_the_load_naming_them(ovserver):
 def test_fallback_to_cpu_when_the_npu_is_missing(ovserver):
     copy_model(MODEL_REPOSITORY / "digits-temperature", ovserver.repository, "npu-fallback",
                {**OV, "device": "NPU", "options": {**F32, "fallback_to_cpu": True}})
-    assert ovserver.http.post("/v2/repository/models/npu-fallback/load").status_code == 200
+    load(ovserver, "npu-fallback")
     parameters = ovserver.http.get("/v2/models/npu-fallback").json()["parameters"]
     assert parameters["devices"] == "CPU"
     assert "OpenVINO device 'NPU' is not available here" in parameters["warnings"]
     assert "running on CPU instead" in parameters["warnings"]
-    feeds = reference.sample_inputs("digits-temperature", 2)
-    response = ovserver.infer("npu-fallback", [v2_input(k, v) for k, v in feeds.items()])
-    check_outputs({o["name"]: o for o in response.json()["outputs"]},
-                  reference.run("digits-temperature", feeds), 1e-5)
+    served_like_onnxruntime(ovserver, "npu-fallback")
 
 
 def test_npu_devices_get_a_static_batch(ovserver):
@@ -269,35 +293,36 @@ def test_npu_devices_get_a_static_batch(ovserver):
     copy_model(source, ovserver.repository, "npu-b4", {"device": "AUTO:NPU,CPU", "options": F32},
                max_batch_size=4, max_batch_time=0.001)
     for name, batch in [("npu-b1", 1), ("npu-b4", 4)]:
-        response = ovserver.http.post(f"/v2/repository/models/{name}/load")
-        assert response.status_code == 200, response.text
+        load(ovserver, name)
         metadata = ovserver.http.get(f"/v2/models/{name}").json()
         assert metadata["parameters"]["static_batch"] == batch
         assert metadata["parameters"]["devices"] == "AUTO:NPU,CPU"
         assert metadata["inputs"][0]["shape"] == [-1, 64]
-        feeds = reference.sample_inputs("digits-temperature", 6)
-        response = ovserver.infer(name, [v2_input(k, v) for k, v in feeds.items()])
-        check_outputs({o["name"]: o for o in response.json()["outputs"]},
-                      reference.run("digits-temperature", feeds), 1e-5)
+        served_like_onnxruntime(ovserver, name, batch=6)
+
+
+def check_static_shape_rule(server: Server, tmp_path: Path, device: str, fixed: dict,
+                            words: list) -> None:
+    """y = 2x with x [N, L]: on `device` the load fails with `words` in the error (only the
+    batch axis is fixed by itself); with the options `fixed`, which set L to 5, it serves."""
+    model = dynamic_length_model(tmp_path / "double.onnx")
+    name = device.replace(":", "-").replace(",", "-").lower()
+    model_folder(server.repository, f"{name}-dynamic", model, {"device": device})
+    error = load_error(server, f"{name}-dynamic")
+    for word in words:
+        assert word in error, (word, error)
+    model_folder(server.repository, f"{name}-fixed", model, {"device": device, "options": fixed})
+    load(server, f"{name}-fixed")
+    assert server.http.get(f"/v2/models/{name}-fixed").json()["inputs"][0]["shape"] == [-1, 5]
+    x = np.arange(15, dtype=np.float32).reshape(3, 5)
+    response = server.infer(f"{name}-fixed", [v2_input("x", x)])
+    assert response.json()["outputs"][0]["data"] == (2 * x).ravel().tolist()
 
 
 def test_npu_needs_options_shape_for_other_dynamic_dimensions(ovserver, tmp_path):
-    model = dynamic_length_model(tmp_path / "double.onnx")
-    model_folder(ovserver.repository, "npu-dynamic", model, {"device": "AUTO:NPU,CPU"})
-    response = ovserver.http.post("/v2/repository/models/npu-dynamic/load")
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert "input 'x' has dynamic dimension 1" in error
-    assert "needs static shapes; set options.shape" in error
-
-    model_folder(ovserver.repository, "npu-shaped", model,
-                 {"device": "AUTO:NPU,CPU", "options": {"shape": {"x": [-1, 5]}}})
-    assert ovserver.http.post("/v2/repository/models/npu-shaped/load").status_code == 200
-    metadata = ovserver.http.get("/v2/models/npu-shaped").json()
-    assert metadata["inputs"][0]["shape"] == [-1, 5]
-    x = np.arange(15, dtype=np.float32).reshape(3, 5)
-    response = ovserver.infer("npu-shaped", [v2_input("x", x)])
-    assert response.json()["outputs"][0]["data"] == (2 * x).ravel().tolist()
+    check_static_shape_rule(ovserver, tmp_path, "AUTO:NPU,CPU", {"shape": {"x": [-1, 5]}}, [
+        "input 'x' has dynamic dimension 1 ([-1, -1], -1 = dynamic)",
+        "device 'AUTO:NPU,CPU' needs static shapes; set options.shape, e.g. {\"x\": [1, 1]}"])
 
 
 def test_a_second_load_comes_from_the_cache_and_a_changed_model_does_not(ovserver, tmp_path):
@@ -315,7 +340,7 @@ def test_a_second_load_comes_from_the_cache_and_a_changed_model_does_not(ovserve
                  reshaped)
     for name, cached in [("cache-a", False), ("cache-b", True), ("cache-c", False),
                          ("cache-d", True)]:
-        assert ovserver.http.post(f"/v2/repository/models/{name}/load").status_code == 200
+        load(ovserver, name)
         parameters = ovserver.http.get(f"/v2/models/{name}").json()["parameters"]
         assert parameters["loaded_from_cache"] is cached, name
     entries = [p for p in (ovserver.cache / "compiled" / "openvino").iterdir()
@@ -335,7 +360,7 @@ def test_a_second_load_comes_from_the_cache_and_a_changed_model_does_not(ovserve
     settings = json.loads((first / "model-settings.json").read_text())
     settings["parameters"]["uri"] = str(changed_file)
     (first / "model-settings.json").write_text(json.dumps(settings))
-    assert ovserver.http.post("/v2/repository/models/cache-a/load").status_code == 200
+    load(ovserver, "cache-a")
     assert ovserver.http.get("/v2/models/cache-a").json()["parameters"]["loaded_from_cache"] is False
     feeds = reference.sample_inputs("digits-temperature", 2)
     import onnxruntime as ort
@@ -353,9 +378,7 @@ def compile_command(*args: str, cache: Path) -> subprocess.CompletedProcess:
 
 
 def test_compile_then_a_cold_start_loads_from_the_cache(make_server, tmp_path):
-    repository = tmp_path / "repository"
-    repository.mkdir()
-    shutil.copy(MODEL_REPOSITORY / "settings.json", repository)
+    repository = empty_repository(tmp_path)
     copy_model(MODEL_REPOSITORY / "squeezenet", repository, "squeezenet-on-auto",
                {**OV, "device": "AUTO"})
     ir_folder(repository, "digits-ir-copy", {"options": F32})
@@ -393,7 +416,4 @@ def test_compile_then_a_cold_start_loads_from_the_cache(make_server, tmp_path):
     live = make_server(repository, env={"MLSERVER_NPU_CACHE_DIR": str(cache)})
     for name in ("squeezenet-on-auto", "digits-ir-copy"):
         assert live.http.get(f"/v2/models/{name}").json()["parameters"]["loaded_from_cache"] is True
-    feeds = reference.sample_inputs("digits-temperature", 2)
-    response = live.infer("digits-ir-copy", [v2_input(k, v) for k, v in feeds.items()])
-    check_outputs({o["name"]: o for o in response.json()["outputs"]},
-                  reference.run("digits-temperature", feeds), 1e-5)
+    served_like_onnxruntime(live, "digits-ir-copy")

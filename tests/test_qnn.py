@@ -1,9 +1,6 @@
 """Qualcomm QNN through onnxruntime's plugin execution provider (onnxruntime-qnn), on its HTP
 backend, which runs in emulation on x86_64: served outputs equal onnxruntime's CPU result, the
 static-shape rule, and QNN context binaries in the compiled-model cache."""
-import shutil
-
-import numpy as np
 import pytest
 
 pytest.importorskip(
@@ -13,8 +10,16 @@ pytest.importorskip(
 
 import reference  # noqa: E402
 from reference import v2_input  # noqa: E402
-from server import MODEL_REPOSITORY, Server, copy_model, grpc_calls  # noqa: E402
-from test_openvino import check_outputs, dynamic_length_model, model_folder  # noqa: E402
+from server import MODEL_REPOSITORY, copy_model, grpc_calls  # noqa: E402
+from test_openvino import (  # noqa: E402
+    check_outputs,
+    check_static_shape_rule,
+    empty_repository,
+    load,
+    load_error,
+    served_like_onnxruntime,
+    start_with_cache,
+)
 
 # Every node on QNN, or the load fails: with a dynamic shape onnxruntime would silently run
 # the graph on its CPU EP, and this proves it does not.
@@ -25,11 +30,9 @@ TEMPERATURE = MODEL_REPOSITORY / "digits-temperature"
 @pytest.fixture(scope="module")
 def qnnserver(tmp_path_factory):
     root = tmp_path_factory.mktemp("qnn")
-    repository = root / "repository"
-    repository.mkdir()
-    shutil.copy(MODEL_REPOSITORY / "settings.json", repository)
+    repository = empty_repository(root)
     copy_model(TEMPERATURE, repository, "qnn-temperature", {"device": "qnn", "options": ON_QNN})
-    running = Server.start(repository, root, env={"MLSERVER_NPU_CACHE_DIR": str(root / "cache")})
+    running = start_with_cache(repository, root)
     yield running
     running.stop()
 
@@ -60,45 +63,29 @@ def test_a_second_load_uses_the_context_binary(qnnserver):
     copy_model(TEMPERATURE, qnnserver.repository, "qnn-again-b1",
                {"device": "qnn:htp", "options": ON_QNN})
     for name, cached, batch in [("qnn-again", False, 2), ("qnn-again-b1", True, 1)]:
-        assert qnnserver.http.post(f"/v2/repository/models/{name}/load").status_code == 200
+        load(qnnserver, name)
         parameters = qnnserver.http.get(f"/v2/models/{name}").json()["parameters"]
         # qnn:htp is qnn's default: the same entry as the first model's, unless the batch differs
         assert (parameters["loaded_from_cache"], parameters["static_batch"]) == (cached, batch)
-        feeds = reference.sample_inputs("digits-temperature", 3)
-        response = qnnserver.infer(name, [v2_input(k, v) for k, v in feeds.items()])
-        check_outputs({o["name"]: o for o in response.json()["outputs"]},
-                      reference.run("digits-temperature", feeds), 1e-5)
+        served_like_onnxruntime(qnnserver, name)
 
 
 def test_other_dynamic_dimensions_need_free_dimensions(qnnserver, tmp_path):
-    model = dynamic_length_model(tmp_path / "double.onnx")
-    model_folder(qnnserver.repository, "qnn-dynamic", model, {"device": "qnn"})
-    response = qnnserver.http.post("/v2/repository/models/qnn-dynamic/load")
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert "input 'x' has dynamic dimension 1 (['N', 'L'])" in error
-    assert 'set options.free_dimensions, e.g. {"L": 1}' in error
-
-    model_folder(qnnserver.repository, "qnn-fixed", model,
-                 {"device": "qnn", "options": {**ON_QNN, "free_dimensions": {"L": 5}}})
-    response = qnnserver.http.post("/v2/repository/models/qnn-fixed/load")
-    assert response.status_code == 200, response.text
-    x = np.arange(10, dtype=np.float32).reshape(2, 5)
-    response = qnnserver.infer("qnn-fixed", [v2_input("x", x)])
-    assert response.json()["outputs"][0]["data"] == (2 * x).ravel().tolist()
+    check_static_shape_rule(
+        qnnserver, tmp_path, "qnn", {**ON_QNN, "free_dimensions": {"L": 5}},
+        ["input 'x' has dynamic dimension 1 (['N', 'L']) and QNN needs static shapes",
+         'set options.free_dimensions, e.g. {"L": 1}'])
 
 
 def test_a_qnn_backend_that_does_not_start_fails_the_load(qnnserver):
     """onnxruntime-qnn ships no libQnnCpu.so: onnxruntime would go on without QNN."""
     copy_model(TEMPERATURE, qnnserver.repository, "qnn-cpu", {"device": "qnn:cpu", "options": {}})
-    response = qnnserver.http.post("/v2/repository/models/qnn-cpu/load")
-    assert response.status_code == 400
-    assert "QNN (cpu) took no node of 'model.onnx'" in response.json()["error"]
+    assert "QNN (cpu) took no node of 'model.onnx'" in load_error(qnnserver, "qnn-cpu")
     assert qnnserver.http.get("/v2/models/qnn-temperature/ready").status_code == 200
 
     copy_model(TEMPERATURE, qnnserver.repository, "qnn-cpu-fallback",
                {"device": "qnn:cpu", "options": {"fallback_to_cpu": True}})
-    assert qnnserver.http.post("/v2/repository/models/qnn-cpu-fallback/load").status_code == 200
+    load(qnnserver, "qnn-cpu-fallback")
     parameters = qnnserver.http.get("/v2/models/qnn-cpu-fallback").json()["parameters"]
     assert parameters["devices"] == "cpu"
     assert "QNN (cpu) took no node" in parameters["warnings"]

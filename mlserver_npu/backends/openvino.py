@@ -243,7 +243,10 @@ class OpenVINOSession:
             while not done.done():
                 await asyncio.wait({done}, timeout=FAILURE_POLL_SECONDS)
                 if not done.done():
-                    request.wait_for(0)  # raises the error of a run that failed
+                    try:
+                        request.wait_for(0)  # raises the error of a run that failed
+                    except RuntimeError as error:  # e.g. shapes that disagree inside the graph
+                        raise InvalidInput(_message(error)) from error
             # The request's output tensors are overwritten by the next run: copy them out.
             return {
                 spec.name: request.get_output_tensor(i).data.copy()
