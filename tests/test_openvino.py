@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnx
+import onnxruntime as ort
 import openvino as ov
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -247,7 +248,8 @@ UNAVAILABLE = [
      ["OpenVINO device 'NPU' is not available here", "Intel's NPU driver", "available: CPU ("]),
     ("gpu-1", {"device": "GPU.1", "options": {}},
      ["OpenVINO device 'GPU.1' is not available here", "OpenCL", "available: CPU ("]),
-    ("hetero", {"device": "HETERO:NPU,CPU", "options": {}}, ["OpenVINO device 'NPU' is not available"]),
+    ("hetero", {"device": "HETERO:NPU,CPU", "options": {}},
+     ["OpenVINO device 'NPU' is not available"]),
     ("unknown", {**OV, "device": "FOO"}, ["OpenVINO device 'FOO' is not available here"]),
     ("bad-option", {**OV, "options": {"streams": "many"}},
      ["'parameters.extra.options.streams': must be a number of streams (1, 2, ...) or 'AUTO', "
@@ -361,10 +363,9 @@ def test_a_second_load_comes_from_the_cache_and_a_changed_model_does_not(ovserve
     settings["parameters"]["uri"] = str(changed_file)
     (first / "model-settings.json").write_text(json.dumps(settings))
     load(ovserver, "cache-a")
-    assert ovserver.http.get("/v2/models/cache-a").json()["parameters"]["loaded_from_cache"] is False
+    parameters = ovserver.http.get("/v2/models/cache-a").json()["parameters"]
+    assert parameters["loaded_from_cache"] is False
     feeds = reference.sample_inputs("digits-temperature", 2)
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(changed_file))
     want = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     response = ovserver.infer("cache-a", [v2_input(k, v) for k, v in feeds.items()])

@@ -259,7 +259,9 @@ def _open_qnn(
     except BackendError:
         raise
     except Exception as error:  # ORT's own exception types
-        raise BackendError(f"onnxruntime cannot open '{model_path.name}' on {label}: {error}") from error
+        raise BackendError(
+            f"onnxruntime cannot open '{model_path.name}' on {label}: {error}"
+        ) from error
     return OnnxRuntimeSession(session, label, [], details)
 
 

@@ -9,6 +9,7 @@ thread waits on a run. Compiled models are kept in the compiled-model cache (com
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
@@ -194,7 +195,7 @@ def _static_shapes(
                 f"{', '.join(s.name for s in inputs)}"
             )
         wanted.update(options.shape)
-    needs_static = "NPU" in _plain_devices(device)
+    needs_static = _needs_static_shapes(device)
     batch = options.batch_size or (options._static_batch if needs_static else None)
     for spec in inputs:
         shape = wanted.get(spec.name, spec.v2_shape)
@@ -268,16 +269,22 @@ def _model_files(model_path: Path) -> List[Path]:
     return [model_path]
 
 
+@dataclass
 class _Compiled:
-    """One compiled model and what the metadata says about it."""
+    """One compiled model, the device it was compiled for, and what the metadata says."""
 
-    def __init__(self, compiled: "ov.CompiledModel", label: str, details: Dict[str, Any],
-                 warnings: List[str]):
-        self.compiled, self.label, self.details, self.warnings = compiled, label, details, warnings
+    compiled: "ov.CompiledModel"
+    label: str
+    details: Dict[str, Any]
+    warnings: List[str]
+
+
+def _needs_static_shapes(device: str) -> bool:
+    return any(plain.startswith("NPU") for plain in _plain_devices(device))
 
 
 def _needs_reshape(device: str, options: Options) -> bool:
-    return bool(options.shape or options.batch_size or "NPU" in _plain_devices(device))
+    return bool(options.shape or options.batch_size or _needs_static_shapes(device))
 
 
 def _read(core: "ov.Core", model_path: Path, device: str, options: Options) -> Tuple[Any, Dict]:
@@ -288,7 +295,9 @@ def _read(core: "ov.Core", model_path: Path, device: str, options: Options) -> T
     try:
         model = core.read_model(str(model_path))
     except Exception as error:  # RuntimeError for a file it cannot parse
-        raise BackendError(f"OpenVINO cannot read '{model_path.name}': {_message(error)}") from error
+        raise BackendError(
+            f"OpenVINO cannot read '{model_path.name}': {_message(error)}"
+        ) from error
     shapes = _static_shapes(model, device, options)
     if shapes:
         try:
@@ -391,4 +400,6 @@ class OpenVINOBackend:
             return OpenVINOSession(compiled.compiled, compiled.label, compiled.details,
                                    compiled.warnings)
         except Exception as error:  # e.g. an element type without a numpy equivalent
-            raise BackendError(f"OpenVINO model '{model_path.name}' is not servable: {error}") from error
+            raise BackendError(
+                f"OpenVINO model '{model_path.name}' is not servable: {error}"
+            ) from error
