@@ -52,6 +52,14 @@ def cache_root(backend: str) -> Path:
     return NPUEnvironment.from_env().cache_dir.expanduser() / "compiled" / backend
 
 
+def cache_folder(backend: str, slug: str, facts: Mapping[str, Any]) -> Path:
+    """The folder for `facts`, for runtimes that write their compiled files there themselves,
+    one at a time as they need them (TensorRT engines): keyed like an entry, not staged."""
+    folder = cache_root(backend) / entry_key(slug, facts)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @dataclass
 class Entry:
     """A cache entry being used: `folder` to read from, or to fill when `cached` is false."""

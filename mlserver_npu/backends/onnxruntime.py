@@ -14,6 +14,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from . import qnn
 from .base import BackendError, InvalidInput, TensorSpec, context_batch
+from .compiled import cache_folder, files_sha256
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -35,6 +36,16 @@ DEVICES: Dict[str, Tuple[str, Optional[str]]] = {
     "dnnl": ("DnnlExecutionProvider", None),
     "xnnpack": ("XnnpackExecutionProvider", None),
     "nnapi": ("NnapiExecutionProvider", None),
+}
+
+# Providers that write their compiled engines into a folder: the provider options that point
+# them at one in the compiled-model cache ("{}" is the folder). A user's own options win.
+EP_CACHE_OPTIONS: Dict[str, Dict[str, str]] = {
+    "TensorrtExecutionProvider": {
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": "{}",
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": "{}",
+    },
+    "OpenVINOExecutionProvider": {"cache_dir": "{}"},
 }
 
 _DTYPES = {
@@ -83,7 +94,9 @@ class Options(BaseModel):
     batch_size: Optional[int] = Field(
         None, ge=1, description="qnn: the static batch of a dynamic axis 0"
     )
-    cache: bool = Field(True, description="qnn: keep context binaries in the cache")
+    cache: bool = Field(
+        True, description="qnn, tensorrt, openvino: keep compiled models in the cache"
+    )
 
     _static_batch: int = PrivateAttr(1)
 
@@ -226,6 +239,11 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
 
     # provider_options are meant for the requested provider, not for the CPU fallback
     provider_options = {} if warnings else options.provider_options
+    if options.cache and provider in EP_CACHE_OPTIONS:
+        provider_options = {
+            **ep_cache_options(provider, model_path, {**device_options, **provider_options}),
+            **provider_options,
+        }
     providers: List[Any] = [(provider, {**device_options, **provider_options})]
     if provider != CPU:
         providers.append(CPU)
@@ -244,6 +262,17 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
         )
         label = "cpu"
     return OnnxRuntimeSession(session, label, warnings)
+
+
+def ep_cache_options(
+    provider: str, model_path: Path, provider_options: Mapping[str, Any]
+) -> Dict[str, str]:
+    """`EP_CACHE_OPTIONS[provider]` with a cache folder keyed by the model's digest and the
+    provider's options, so a changed model never meets a stale engine."""
+    facts = {"sha256": files_sha256([model_path]), "provider_options": dict(provider_options),
+             "onnxruntime": ort.__version__}
+    folder = cache_folder(provider.replace("ExecutionProvider", "").lower(), provider, facts)
+    return {key: value.format(folder) for key, value in EP_CACHE_OPTIONS[provider].items()}
 
 
 def _open_qnn(
