@@ -241,6 +241,8 @@ def test_two_sessions_run_at_once(ovserver):
     runs = {s: after[s] - before.get(s, 0) for s in after}
     assert runs["0"] > 0 and runs["1"] > 0, runs
     assert sum(runs.values()) == len(batches)
+    # the two sessions are two infer requests of one compiled model: compiled once
+    assert ovserver.log().count("openvino: 'model.onnx' on AUTO (executes on CPU)") == 1
 
 
 UNAVAILABLE = [
