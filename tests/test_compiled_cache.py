@@ -89,3 +89,14 @@ def test_tensorrt_and_openvino_ep_engines_go_to_a_folder_per_model(tmp_path, cac
 
     (cache_dir,) = ep_cache_options("OpenVINOExecutionProvider", model, {}).values()
     assert cache_dir.startswith(str(cache / "compiled" / "openvino"))
+
+
+def test_a_cache_that_cannot_be_written_compiles_without_it(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("MLSERVER_NPU_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    with cache_entry("openvino", "NPU", FACTS, tmp_path / "model.onnx") as entry:
+        assert entry.cached is False
+        (entry.folder / "model.blob").write_bytes(b"compiled")  # a scratch folder
+    assert not entry.folder.exists()
+    model = MODEL_REPOSITORY / "squeezenet" / "model.onnx"
+    assert ep_cache_options("TensorrtExecutionProvider", model, {}) == {}

@@ -16,12 +16,13 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from ..settings import NPUEnvironment
 
@@ -52,11 +53,16 @@ def cache_root(backend: str) -> Path:
     return NPUEnvironment.from_env().cache_dir.expanduser() / "compiled" / backend
 
 
-def cache_folder(backend: str, slug: str, facts: Mapping[str, Any]) -> Path:
+def cache_folder(backend: str, slug: str, facts: Mapping[str, Any]) -> Optional[Path]:
     """The folder for `facts`, for runtimes that write their compiled files there themselves,
-    one at a time as they need them (TensorRT engines): keyed like an entry, not staged."""
+    one at a time as they need them (TensorRT engines): keyed like an entry, not staged.
+    None when the cache cannot be written."""
     folder = cache_root(backend) / entry_key(slug, facts)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        logger.warning("the compiled-model cache %s cannot be written (%s)", folder, error)
+        return None
     return folder
 
 
@@ -82,7 +88,14 @@ def cache_entry(
         yield Entry(final, True)
         return
     staging = root / ".staging" / f"{key}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as error:  # e.g. a read-only file system: compile, keep nothing
+        logger.warning("the compiled-model cache %s cannot be written (%s): compiling "
+                       "without it", root, error)
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Entry(Path(scratch), False)
+        return
     try:
         yield Entry(staging, False)
         (staging / ENTRY).write_text(

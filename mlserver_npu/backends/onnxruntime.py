@@ -268,10 +268,12 @@ def ep_cache_options(
     provider: str, model_path: Path, provider_options: Mapping[str, Any]
 ) -> Dict[str, str]:
     """`EP_CACHE_OPTIONS[provider]` with a cache folder keyed by the model's digest and the
-    provider's options, so a changed model never meets a stale engine."""
+    provider's options, so a changed model never meets a stale engine ({} without a cache)."""
     facts = {"sha256": files_sha256([model_path]), "provider_options": dict(provider_options),
              "onnxruntime": ort.__version__}
     folder = cache_folder(provider.replace("ExecutionProvider", "").lower(), provider, facts)
+    if folder is None:
+        return {}
     return {key: value.format(folder) for key, value in EP_CACHE_OPTIONS[provider].items()}
 
 
