@@ -326,12 +326,20 @@ def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
     start = time.perf_counter()
     source, shapes = _read(core, model_path, device, options)
     config = options.config()
+    use_cache = options.cache
+    if use_cache and device.partition(":")[0] == "AUTO":
+        # AUTO's start-up fallback serves from the CPU while it compiles for the device, and
+        # writes that device's blob after the load, outside the cache's staged write.
+        config.setdefault("ENABLE_STARTUP_FALLBACK", False)
+        if config["ENABLE_STARTUP_FALLBACK"] is not False:
+            logger.warning("openvino: ENABLE_STARTUP_FALLBACK on AUTO: no compiled-model cache")
+            use_cache = False
     facts = {"sha256": files_sha256(files), "device": device, "config": config,
              "shapes": shapes, "openvino": ov.get_version()}
     if isinstance(source, str):  # OpenVINO names the blob of a file after its path alone
         facts["path"] = str(model_path.resolve())
     try:
-        if options.cache:
+        if use_cache:
             with cache_entry("openvino", device, facts, model_path) as entry:
                 compiled = core.compile_model(
                     source, device, {**config, "CACHE_DIR": str(entry.folder)}
@@ -350,12 +358,12 @@ def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
     precision = _property(compiled, "INFERENCE_PRECISION_HINT")
     if precision is not None:  # bf16 by default on CPUs with AVX-512 BF16 or AMX
         details["inference_precision"] = precision.to_string()
-    if options.cache:
+    if use_cache:
         details["loaded_from_cache"] = bool(_property(compiled, "LOADED_FROM_CACHE"))
     logger.info(
         "openvino: '%s' on %s (executes on %s) ready in %.3f s%s",
         model_path.name, device, details["execution_devices"], seconds,
-        f", loaded from cache: {details['loaded_from_cache']}" if options.cache else "",
+        f", loaded from cache: {details['loaded_from_cache']}" if use_cache else "",
     )
     return _Compiled(compiled, device, details, warnings)
 
