@@ -231,7 +231,10 @@ class OpenVINOSession:
             done = loop.create_future()
 
             def finished(_: Any) -> None:  # on OpenVINO's thread
-                loop.call_soon_threadsafe(_resolve, done)
+                try:
+                    loop.call_soon_threadsafe(_resolve, done)
+                except RuntimeError:  # the loop closed meanwhile (server shutdown)
+                    pass
 
             request = self._request
             request.set_callback(finished, None)
