@@ -50,6 +50,9 @@ setup(
             "ai-edge-litert>=1.0",
             # the openvino backend, tested for real on the CPU (tests/test_openvino.py)
             "openvino>=2024.0",
+            # QNN on the emulated HTP (tests/test_qnn.py); a plugin beside onnxruntime, which
+            # it does not replace; its wheels are for Linux x86_64 and Windows
+            "onnxruntime-qnn>=2.7; sys_platform == 'linux' and platform_machine == 'x86_64'",
             # tests/test_bench_smoke.py runs `python -m bench --quick`
             "psutil>=5.9",
             "matplotlib>=3.7",
@@ -68,6 +71,8 @@ setup(
         # Intel CPUs, GPUs and NPUs (backend "openvino"); never onnxruntime-openvino, which
         # replaces the onnxruntime package in place
         "openvino": ["openvino>=2024.0"],
+        # Qualcomm NPUs (device "qnn"): the plugin EP needs onnxruntime >= 1.24.2
+        "qnn": ["onnxruntime-qnn>=2.7", "onnxruntime>=1.24.2"],
     },
     entry_points={"console_scripts": ["mlserver-npu=mlserver_npu.cli:main"]},
     classifiers=[

@@ -1,6 +1,7 @@
 """Devices that are not there: a backend whose runtime is missing or cannot start, a TFLite
 file or delegate that cannot be opened. Each fails only its own load, with the reason; and
 `mlserver-npu devices` tells what this machine has."""
+import importlib.util
 import json
 import os
 import shutil
@@ -88,7 +89,9 @@ def _devices(*args, pythonpath=()):
 
 def test_devices_command_lists_backends_and_devices():
     report = json.loads(_devices("--json"))
-    assert report["onnxruntime"] == {"available": True, "devices": ["cpu"]}
+    # qnn: onnxruntime-qnn's plugin, which the test extra installs on Linux x86_64
+    qnn = ["qnn"] if importlib.util.find_spec("onnxruntime_qnn") else []
+    assert report["onnxruntime"] == {"available": True, "devices": ["cpu", *qnn]}
     assert report["tflite"] == {"available": True, "devices": ["cpu"]}
     assert report["furiosa"]["available"] is False
     assert "furiosa.runtime cannot be imported" in report["furiosa"]["reason"]
@@ -100,7 +103,7 @@ def test_devices_command_lists_backends_and_devices():
 
     table = _devices().splitlines()
     assert [line.split()[0] for line in table] == ["onnxruntime", "tflite", "furiosa", "openvino"]
-    assert table[0].split()[1:] == ["cpu"]
+    assert table[0].split(maxsplit=1)[1] == ", ".join(["cpu", *qnn])
     assert "unavailable:" in table[2]
     assert table[3].split(maxsplit=1)[1] == f"CPU ({cpu_name})"
 

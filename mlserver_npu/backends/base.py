@@ -50,6 +50,12 @@ class TensorSpec:
         return [-1 if dim is None else dim for dim in self.shape]
 
 
+def context_batch(context: Optional[Mapping[str, Any]]) -> int:
+    """The static batch for devices that need static shapes (NPUs), from the validation
+    context the runtime gives backend options: the model's `max_batch_size`, else 1."""
+    return max((context or {}).get("max_batch_size") or 1, 1)
+
+
 class BackendError(Exception):
     """A backend could not open a session; the message says why, for the load error."""
 

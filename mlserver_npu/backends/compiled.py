@@ -16,12 +16,13 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from ..settings import NPUEnvironment
 
@@ -52,6 +53,19 @@ def cache_root(backend: str) -> Path:
     return NPUEnvironment.from_env().cache_dir.expanduser() / "compiled" / backend
 
 
+def cache_folder(backend: str, slug: str, facts: Mapping[str, Any]) -> Optional[Path]:
+    """The folder for `facts`, for runtimes that write their compiled files there themselves,
+    one at a time as they need them (TensorRT engines): keyed like an entry, not staged.
+    None when the cache cannot be written."""
+    folder = cache_root(backend) / entry_key(slug, facts)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        logger.warning("the compiled-model cache %s cannot be written (%s)", folder, error)
+        return None
+    return folder
+
+
 @dataclass
 class Entry:
     """A cache entry being used: `folder` to read from, or to fill when `cached` is false."""
@@ -61,20 +75,32 @@ class Entry:
 
 
 @contextmanager
-def cache_entry(backend: str, key: str, facts: Mapping[str, Any]) -> Iterator[Entry]:
-    """The entry `key`: as it is when it exists, else a staging folder that becomes the entry
-    when the block succeeds (with `entry.json` = `facts`) and is removed when it fails."""
+def cache_entry(
+    backend: str, slug: str, facts: Mapping[str, Any], source: Path
+) -> Iterator[Entry]:
+    """The entry for `facts` (what decides the compiled result: model digest, device,
+    options, versions; not where the file is): as it is when it exists, else a staging folder
+    that becomes the entry when the block succeeds and is removed when it fails."""
     root = cache_root(backend)
+    key = entry_key(slug, facts)
     final = root / key
     if (final / ENTRY).is_file():
         yield Entry(final, True)
         return
     staging = root / ".staging" / f"{key}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as error:  # e.g. a read-only file system: compile, keep nothing
+        logger.warning("the compiled-model cache %s cannot be written (%s): compiling "
+                       "without it", root, error)
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Entry(Path(scratch), False)
+        return
     try:
         yield Entry(staging, False)
         (staging / ENTRY).write_text(
-            json.dumps({**facts, "compiled_at": time.time()}, indent=2, default=str)
+            json.dumps({**facts, "source": str(source), "compiled_at": time.time()}, indent=2,
+                       default=str)
         )
         try:
             os.rename(staging, final)

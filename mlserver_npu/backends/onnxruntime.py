@@ -8,11 +8,13 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from .base import BackendError, InvalidInput, TensorSpec
+from . import qnn
+from .base import BackendError, InvalidInput, TensorSpec, context_batch
+from .compiled import cache_folder, files_sha256
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -24,7 +26,7 @@ DEVICES: Dict[str, Tuple[str, Optional[str]]] = {
     "cuda": ("CUDAExecutionProvider", "device_id"),
     "tensorrt": ("TensorrtExecutionProvider", "device_id"),
     "openvino": ("OpenVINOExecutionProvider", "device_type"),
-    "qnn": ("QNNExecutionProvider", None),
+    "qnn": (qnn.PROVIDER, "backend_type"),  # qnn[:htp], through the onnxruntime-qnn plugin
     "vitisai": ("VitisAIExecutionProvider", None),
     "coreml": ("CoreMLExecutionProvider", None),
     "dml": ("DmlExecutionProvider", "device_id"),
@@ -34,6 +36,16 @@ DEVICES: Dict[str, Tuple[str, Optional[str]]] = {
     "dnnl": ("DnnlExecutionProvider", None),
     "xnnpack": ("XnnpackExecutionProvider", None),
     "nnapi": ("NnapiExecutionProvider", None),
+}
+
+# Providers that write their compiled engines into a folder: the provider options that point
+# them at one in the compiled-model cache ("{}" is the folder). A user's own options win.
+EP_CACHE_OPTIONS: Dict[str, Dict[str, str]] = {
+    "TensorrtExecutionProvider": {
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": "{}",
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": "{}",
+    },
+    "OpenVINOExecutionProvider": {"cache_dir": "{}"},
 }
 
 _DTYPES = {
@@ -76,9 +88,26 @@ class Options(BaseModel):
     session_config: Dict[str, str] = Field(
         default_factory=dict, description="raw SessionOptions.add_session_config_entry pairs"
     )
+    free_dimensions: Dict[str, int] = Field(
+        default_factory=dict, description="fix symbolic dimensions by name, e.g. {'N': 1}"
+    )
+    batch_size: Optional[int] = Field(
+        None, ge=1, description="qnn: the static batch of a dynamic axis 0"
+    )
+    cache: bool = Field(
+        True, description="qnn, tensorrt, openvino: keep compiled models in the cache"
+    )
+
+    _static_batch: int = PrivateAttr(1)
+
+    @model_validator(mode="after")
+    def _model_defaults(self, info: ValidationInfo) -> "Options":
+        self._static_batch = self.batch_size or context_batch(info.context)
+        return self
 
 
 def available_devices() -> List[str]:
+    qnn.available()  # registers the onnxruntime-qnn plugin when it is installed
     available = set(ort.get_available_providers())
     return [name for name, (provider, _) in DEVICES.items() if provider in available]
 
@@ -120,6 +149,8 @@ def _session_options(options: Options) -> ort.SessionOptions:
     so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     for key, value in options.session_config.items():
         so.add_session_config_entry(key, value)
+    for name, size in options.free_dimensions.items():
+        so.add_free_dimension_override_by_name(name, size)
     return so
 
 
@@ -144,10 +175,12 @@ def _rows(feeds: Mapping[str, np.ndarray]) -> int:
 
 
 class OnnxRuntimeSession:
-    def __init__(self, session: ort.InferenceSession, device: str, warnings: List[str]):
+    def __init__(self, session: ort.InferenceSession, device: str, warnings: List[str],
+                 details: Optional[Dict[str, Any]] = None):
         self._session = session
         self.device = device
         self.warnings = warnings
+        self.details = details or {}
         self.inputs = _specs(session.get_inputs())
         self.outputs = _specs(session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]
@@ -185,9 +218,15 @@ def _fall_back(message: str, options: Options, warnings: List[str]) -> None:
 
 def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRuntimeSession:
     provider, device_options = parse_device(device)
-    available = ort.get_available_providers()
     label = device or "cpu"
     warnings: List[str] = []
+    if provider == qnn.PROVIDER:
+        try:
+            return _open_qnn(model_path, label, device_options, options)
+        except qnn.QNNUnavailable as error:
+            _fall_back(str(error), options, warnings)
+            provider, device_options, label = CPU, {}, "cpu"
+    available = ort.get_available_providers()
     if provider not in available:
         _fall_back(
             f"device '{label}' needs {provider}, which this onnxruntime build does not have; "
@@ -200,6 +239,11 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
 
     # provider_options are meant for the requested provider, not for the CPU fallback
     provider_options = {} if warnings else options.provider_options
+    if options.cache and provider in EP_CACHE_OPTIONS:
+        provider_options = {
+            **ep_cache_options(provider, model_path, {**device_options, **provider_options}),
+            **provider_options,
+        }
     providers: List[Any] = [(provider, {**device_options, **provider_options})]
     if provider != CPU:
         providers.append(CPU)
@@ -218,6 +262,38 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
         )
         label = "cpu"
     return OnnxRuntimeSession(session, label, warnings)
+
+
+def ep_cache_options(
+    provider: str, model_path: Path, provider_options: Mapping[str, Any]
+) -> Dict[str, str]:
+    """`EP_CACHE_OPTIONS[provider]` with a cache folder keyed by the model's digest and the
+    provider's options, so a changed model never meets a stale engine ({} without a cache)."""
+    facts = {"sha256": files_sha256([model_path]), "provider_options": dict(provider_options),
+             "onnxruntime": ort.__version__}
+    folder = cache_folder(provider.replace("ExecutionProvider", "").lower(), provider, facts)
+    if folder is None:
+        return {}
+    return {key: value.format(folder) for key, value in EP_CACHE_OPTIONS[provider].items()}
+
+
+def _open_qnn(
+    model_path: Path, label: str, device_options: Dict[str, Any], options: Options
+) -> OnnxRuntimeSession:
+    ep_options = {k: str(v) for k, v in {**device_options, **options.provider_options}.items()}
+    settings = options.model_dump(exclude={"fallback_to_cpu", "cache", "provider_options"})
+    try:
+        session, details = qnn.open_session(
+            model_path, lambda: _session_options(options), ep_options, options._static_batch,
+            options.free_dimensions, options.cache, settings,
+        )
+    except BackendError:
+        raise
+    except Exception as error:  # ORT's own exception types
+        raise BackendError(
+            f"onnxruntime cannot open '{model_path.name}' on {label}: {error}"
+        ) from error
+    return OnnxRuntimeSession(session, label, [], details)
 
 
 class OnnxRuntimeBackend:

@@ -9,6 +9,7 @@ thread waits on a run. Compiled models are kept in the compiled-model cache (com
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
@@ -23,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from .base import BackendError, InvalidInput, TensorSpec
-from .compiled import cache_entry, entry_key, files_sha256
+from .base import BackendError, InvalidInput, TensorSpec, context_batch
+from .compiled import cache_entry, files_sha256
 
 try:
     import openvino as ov
@@ -91,7 +92,7 @@ class Options(BaseModel):
             context.get("sessions") or 1
         ) > 1:
             self.performance_hint = "THROUGHPUT"
-        self._static_batch = self.batch_size or max(context.get("max_batch_size") or 1, 1)
+        self._static_batch = self.batch_size or context_batch(context)
         return self
 
     def config(self) -> Dict[str, Any]:
@@ -194,7 +195,7 @@ def _static_shapes(
                 f"{', '.join(s.name for s in inputs)}"
             )
         wanted.update(options.shape)
-    needs_static = "NPU" in _plain_devices(device)
+    needs_static = _needs_static_shapes(device)
     batch = options.batch_size or (options._static_batch if needs_static else None)
     for spec in inputs:
         shape = wanted.get(spec.name, spec.v2_shape)
@@ -230,7 +231,10 @@ class OpenVINOSession:
             done = loop.create_future()
 
             def finished(_: Any) -> None:  # on OpenVINO's thread
-                loop.call_soon_threadsafe(_resolve, done)
+                try:
+                    loop.call_soon_threadsafe(_resolve, done)
+                except RuntimeError:  # the loop closed meanwhile (server shutdown)
+                    pass
 
             request = self._request
             request.set_callback(finished, None)
@@ -243,7 +247,10 @@ class OpenVINOSession:
             while not done.done():
                 await asyncio.wait({done}, timeout=FAILURE_POLL_SECONDS)
                 if not done.done():
-                    request.wait_for(0)  # raises the error of a run that failed
+                    try:
+                        request.wait_for(0)  # raises the error of a run that failed
+                    except RuntimeError as error:  # e.g. shapes that disagree inside the graph
+                        raise InvalidInput(_message(error)) from error
             # The request's output tensors are overwritten by the next run: copy them out.
             return {
                 spec.name: request.get_output_tensor(i).data.copy()
@@ -265,12 +272,44 @@ def _model_files(model_path: Path) -> List[Path]:
     return [model_path]
 
 
+@dataclass
 class _Compiled:
-    """One compiled model and what the metadata says about it."""
+    """One compiled model, the device it was compiled for, and what the metadata says."""
 
-    def __init__(self, compiled: "ov.CompiledModel", label: str, details: Dict[str, Any],
-                 warnings: List[str]):
-        self.compiled, self.label, self.details, self.warnings = compiled, label, details, warnings
+    compiled: "ov.CompiledModel"
+    label: str
+    details: Dict[str, Any]
+    warnings: List[str]
+
+
+def _needs_static_shapes(device: str) -> bool:
+    return any(plain.startswith("NPU") for plain in _plain_devices(device))
+
+
+def _needs_reshape(device: str, options: Options) -> bool:
+    return bool(options.shape or options.batch_size or _needs_static_shapes(device))
+
+
+def _read(core: "ov.Core", model_path: Path, device: str, options: Options) -> Tuple[Any, Dict]:
+    """What to compile and the reshape applied: the file's path when nothing needs reshaping
+    (OpenVINO then skips reading the model on a cache hit), else the reshaped model."""
+    if not _needs_reshape(device, options):
+        return str(model_path), {}
+    try:
+        model = core.read_model(str(model_path))
+    except Exception as error:  # RuntimeError for a file it cannot parse
+        raise BackendError(
+            f"OpenVINO cannot read '{model_path.name}': {_message(error)}"
+        ) from error
+    shapes = _static_shapes(model, device, options)
+    if shapes:
+        try:
+            model.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
+        except Exception as error:
+            raise BackendError(
+                f"OpenVINO cannot reshape '{model_path.name}' to {shapes}: {_message(error)}"
+            ) from error
+    return model, shapes
 
 
 def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
@@ -287,34 +326,33 @@ def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
     for file in files:
         if not file.is_file():
             raise BackendError(f"OpenVINO model file '{file.name}' does not exist")
-    try:
-        model = core.read_model(str(model_path))
-    except Exception as error:  # RuntimeError for a file it cannot parse
-        raise BackendError(f"OpenVINO cannot read '{model_path.name}': {_message(error)}") from error
-    shapes = _static_shapes(model, device, options)
-    if shapes:
-        try:
-            model.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()})
-        except Exception as error:
-            raise BackendError(
-                f"OpenVINO cannot reshape '{model_path.name}' to {shapes}: {_message(error)}"
-            ) from error
-    config = options.config()
-    facts = {
-        "model": str(model_path), "sha256": files_sha256(files), "device": device,
-        "config": config, "shapes": shapes, "openvino": ov.get_version(),
-    }
     start = time.perf_counter()
+    source, shapes = _read(core, model_path, device, options)
+    config = options.config()
+    use_cache = options.cache
+    if use_cache and device.partition(":")[0] == "AUTO":
+        # AUTO's start-up fallback serves from the CPU while it compiles for the device, and
+        # writes that device's blob after the load, outside the cache's staged write.
+        config.setdefault("ENABLE_STARTUP_FALLBACK", False)
+        if config["ENABLE_STARTUP_FALLBACK"] is not False:
+            logger.warning("openvino: ENABLE_STARTUP_FALLBACK on AUTO: no compiled-model cache")
+            use_cache = False
+    facts = {"sha256": files_sha256(files), "device": device, "config": config,
+             "shapes": shapes, "openvino": ov.get_version()}
+    if isinstance(source, str):  # OpenVINO names the blob of a file after its path alone
+        facts["path"] = str(model_path.resolve())
     try:
-        if options.cache:
-            with cache_entry("openvino", entry_key(device, facts), facts) as entry:
-                compiled = core.compile_model(model, device, {**config, "CACHE_DIR": str(entry.folder)})
+        if use_cache:
+            with cache_entry("openvino", device, facts, model_path) as entry:
+                compiled = core.compile_model(
+                    source, device, {**config, "CACHE_DIR": str(entry.folder)}
+                )
         else:
-            compiled = core.compile_model(model, device, config)
+            compiled = core.compile_model(source, device, config)
     except Exception as error:
         raise BackendError(
-            f"OpenVINO cannot compile '{model_path.name}' for device '{device}': "
-            f"{_message(error)}; available: {_available(core)}"
+            f"OpenVINO cannot load '{model_path.name}' on device '{device}': "
+            f"{_message(error)}; available devices: {_available(core)}"
         ) from error
     seconds = time.perf_counter() - start
     details: Dict[str, Any] = {
@@ -323,12 +361,12 @@ def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
     precision = _property(compiled, "INFERENCE_PRECISION_HINT")
     if precision is not None:  # bf16 by default on CPUs with AVX-512 BF16 or AMX
         details["inference_precision"] = precision.to_string()
-    if options.cache:
+    if use_cache:
         details["loaded_from_cache"] = bool(_property(compiled, "LOADED_FROM_CACHE"))
     logger.info(
         "openvino: '%s' on %s (executes on %s) ready in %.3f s%s",
         model_path.name, device, details["execution_devices"], seconds,
-        f", loaded from cache: {details['loaded_from_cache']}" if options.cache else "",
+        f", loaded from cache: {details['loaded_from_cache']}" if use_cache else "",
     )
     return _Compiled(compiled, device, details, warnings)
 
@@ -373,4 +411,6 @@ class OpenVINOBackend:
             return OpenVINOSession(compiled.compiled, compiled.label, compiled.details,
                                    compiled.warnings)
         except Exception as error:  # e.g. an element type without a numpy equivalent
-            raise BackendError(f"OpenVINO model '{model_path.name}' is not servable: {error}") from error
+            raise BackendError(
+                f"OpenVINO model '{model_path.name}' is not servable: {error}"
+            ) from error

@@ -8,11 +8,14 @@ same path in both.
 """
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 NAME = "compile"
 HELP = "fill the compiled-model caches of model folders ahead of time"
@@ -89,6 +92,21 @@ async def _compile_all(paths: List[Path]) -> List[Dict[str, Any]]:
     return [await compile_model(path) for path in paths]
 
 
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """Vendor libraries print to file descriptor 1 (QNN's LIBNATIVE notice): keep stdout for
+    the report, so that `--json` stays parseable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -99,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         print(f"mlserver-npu compile: no {SETTINGS} under {', '.join(map(str, args.folders))}")
         return 2
-    reports = asyncio.run(_compile_all(paths))
+    with _native_stdout_to_stderr():
+        reports = asyncio.run(_compile_all(paths))
     if args.json:
         print(json.dumps(reports, indent=2))
     else:
