@@ -3,11 +3,11 @@
 Requests reach it decoded and checked against the model (InputDecoder), so a bad request
 fails alone before it can join a batch. Rows are a stream: a batch takes up to
 `max_batch_size` rows from the oldest requests (a larger request is spread over several
-batches), waits at most `max_delay_ms` for more while a session is free, and runs through
-the session pool as one numpy batch; each request gets back exactly its own rows of every
-output. At most two batches per session are in flight (one running, one ready), so under
-load a device starts its next full batch as soon as it is done with the last one, and rows
-that arrive meanwhile wait to make a full batch rather than a short one.
+batches) and runs through the session pool as one numpy batch; each request gets back
+exactly its own rows of every output. A full batch leaves at once (up to four per session
+in flight, so a device always has its next batch queued); a short one only once
+`max_delay_ms` has passed and a session is idle: while every session is busy, rows that
+arrive make up a full batch rather than a short one that would only wait behind.
 """
 import asyncio
 import logging
@@ -44,8 +44,8 @@ class BatchingSettings(BaseModel):
         "static batch up to max_batch_size"
     )
     max_concurrent_batches: Optional[int] = Field(
-        None, ge=1, description="batches in flight; default: two per session (one running, "
-        "one ready), per set of sessions when a batch needs several runs"
+        None, ge=1, description="batches in flight; default: four per session (per set of "
+        "sessions when a batch needs several runs)"
     )
 
 
@@ -143,7 +143,7 @@ class Batcher:
         self.preferred = sorted(set(preferred), reverse=True)
         self.delay = settings.max_delay_ms / 1000
         self.pool_width = max(1, len(pool.sessions) // runs)  # batches that keep it busy
-        self.max_in_flight = settings.max_concurrent_batches or 2 * self.pool_width
+        self.max_in_flight = settings.max_concurrent_batches or 4 * self.pool_width
         self._pool = pool
         self._metrics = metrics or ModelMetrics(model.name, model.version)
         self._queue: List[_Request] = []
