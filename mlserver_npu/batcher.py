@@ -82,11 +82,12 @@ class _Request:
     done: int = 0  # rows whose results are back
     pieces: Dict[int, Dict[str, np.ndarray]] = field(default_factory=dict)  # by first row
 
-    def deliver(self, start: int, outputs: Dict[str, np.ndarray]) -> None:
+    def deliver(self, piece: "_Slice", outputs: Dict[str, np.ndarray]) -> None:
+        """The outputs of rows `piece.start:piece.stop`; the last piece completes the request."""
         if self.future.done():
             return
-        self.pieces[start] = outputs
-        self.done += len(next(iter(outputs.values()))) if outputs else 0
+        self.pieces[piece.start] = outputs
+        self.done += piece.stop - piece.start
         if self.done >= self.rows:
             parts = [self.pieces[s] for s in sorted(self.pieces)]
             self.future.set_result(
@@ -272,7 +273,7 @@ class Batcher:
             for piece in batch:
                 rows = piece.stop - piece.start
                 piece.request.deliver(
-                    piece.start, {n: a[offset : offset + rows] for n, a in results.items()}
+                    piece, {n: a[offset : offset + rows] for n, a in results.items()}
                 )
                 offset += rows
         finally:
@@ -287,7 +288,7 @@ class Batcher:
         except Exception as error:
             piece.request.fail(error)
         else:
-            piece.request.deliver(piece.start, results)
+            piece.request.deliver(piece, results)
 
     async def close(self) -> None:
         """Stop batching; requests still queued fail, batches already running finish."""
