@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+from fastapi import status
+from mlserver.errors import MLServerError
 from mlserver.settings import ModelSettings
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -146,6 +148,7 @@ class Batcher:
         self.pool_width = max(1, len(pool.sessions) // runs)  # batches that keep it busy
         self.max_in_flight = settings.max_concurrent_batches or 4 * self.pool_width
         self._pool = pool
+        self._model_name = model.name
         self._metrics = metrics or ModelMetrics(model.name, model.version)
         self._queue: List[_Request] = []
         self._arrived: Optional[asyncio.Event] = None
@@ -296,7 +299,10 @@ class Batcher:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         for request in self._queue:
-            request.fail(RuntimeError("the model was unloaded before this request ran"))
+            request.fail(MLServerError(
+                f"model '{self._model_name}' was unloaded before this request ran; retry",
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+            ))
         self._queue = []
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 

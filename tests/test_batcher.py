@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -281,10 +282,26 @@ def test_batching_settings_that_cannot_work_fail_the_load(batch_server, name, ex
 
 
 def test_unload_and_reload_keep_batching(batch_server):
-    """The batcher's task belongs to one load: after a reload, requests are merged again."""
-    for action in ("unload", "load"):
-        response = batch_server.http.post(f"/v2/repository/models/ours-b4/{action}")
-        assert response.status_code == 200, response.text
+    """A request waiting for its batch when the model unloads gets a 503 at once (not after
+    max_delay_ms); after a reload, requests are merged again."""
+
+    async def wait_then_unload():
+        async with httpx.AsyncClient(base_url=batch_server.url, timeout=60) as client:
+            waiting = asyncio.create_task(client.post(
+                "/v2/models/ours-b4/infer",
+                json={"inputs": [v2_input("input", reference.digits(1))]}))
+            await asyncio.sleep(1)  # one row of 4: it waits up to WAIT ms for company
+            unload = await client.post("/v2/repository/models/ours-b4/unload")
+            return await waiting, unload
+
+    started = time.monotonic()
+    waiting, unload = asyncio.run(wait_then_unload())
+    assert unload.status_code == 200, unload.text
+    assert waiting.status_code == 503, waiting.text
+    assert "was unloaded before this request ran" in waiting.json()["error"]
+    assert time.monotonic() - started < WAIT / 1000
+    response = batch_server.http.post("/v2/repository/models/ours-b4/load")
+    assert response.status_code == 200, response.text
     settings = json.loads((batch_server.repository / "ours-b4" / "model-settings.json")
                           .read_text())
     assert settings["parameters"]["extra"]["batching"]["max_delay_ms"] == WAIT
