@@ -266,11 +266,18 @@ def test_a_bad_request_among_good_ones_fails_alone(batch_server):
      "unknown key 'parameters.extra.batching.max_delay'"),
     ("preferred", {"batching": {"max_batch_size": 8, "preferred_batch_sizes": [4, 16]}}, {},
      "preferred_batch_sizes': [16] not between 1 and max_batch_size 8"),
+    ("scalar", {"batching": {"max_batch_size": 8}}, {},
+     "needs a batch axis 0 on every tensor, but output 'total' has shape []"),
 ])
 def test_batching_settings_that_cannot_work_fail_the_load(batch_server, name, extra, top,
                                                           message):
     folder = copy_model(MODEL_REPOSITORY / "digits", batch_server.repository, f"bad-{name}",
                         extra, **top)
+    if name == "scalar":  # the sum of a whole batch: no row of it belongs to one request
+        _save_model(folder / "model.onnx",
+                    helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                    [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])], [])
     try:
         response = batch_server.http.post(f"/v2/repository/models/bad-{name}/load")
         assert response.status_code == 400, response.text
