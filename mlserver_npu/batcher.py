@@ -3,11 +3,11 @@
 Requests reach it decoded and checked against the model (InputDecoder), so a bad request
 fails alone before it can join a batch. Rows are a stream: a batch takes up to
 `max_batch_size` rows from the oldest requests (a larger request is spread over several
-batches), waits at most `max_delay_ms` for more while a session is free, and runs through
-the session pool as one numpy batch; each request gets back exactly its own rows of every
-output. At most two batches per session are in flight (one running, one ready), so under
-load a device starts its next full batch as soon as it is done with the last one, and rows
-that arrive meanwhile wait to make a full batch rather than a short one.
+batches) and runs through the session pool as one numpy batch; each request gets back
+exactly its own rows of every output. A full batch leaves at once (up to four per session
+in flight, so a device always has its next batch queued); a short one only once
+`max_delay_ms` has passed and a session is idle: while every session is busy, rows that
+arrive make up a full batch rather than a short one that would only wait behind.
 """
 import asyncio
 import logging
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+from fastapi import status
+from mlserver.errors import MLServerError
 from mlserver.settings import ModelSettings
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,8 +46,8 @@ class BatchingSettings(BaseModel):
         "static batch up to max_batch_size"
     )
     max_concurrent_batches: Optional[int] = Field(
-        None, ge=1, description="batches in flight; default: two per session (one running, "
-        "one ready), per set of sessions when a batch needs several runs"
+        None, ge=1, description="batches in flight; default: four per session (per set of "
+        "sessions when a batch needs several runs)"
     )
 
 
@@ -82,11 +84,12 @@ class _Request:
     done: int = 0  # rows whose results are back
     pieces: Dict[int, Dict[str, np.ndarray]] = field(default_factory=dict)  # by first row
 
-    def deliver(self, start: int, outputs: Dict[str, np.ndarray]) -> None:
+    def deliver(self, piece: "_Slice", outputs: Dict[str, np.ndarray]) -> None:
+        """The outputs of rows `piece.start:piece.stop`; the last piece completes the request."""
         if self.future.done():
             return
-        self.pieces[start] = outputs
-        self.done += len(next(iter(outputs.values()))) if outputs else 0
+        self.pieces[piece.start] = outputs
+        self.done += piece.stop - piece.start
         if self.done >= self.rows:
             parts = [self.pieces[s] for s in sorted(self.pieces)]
             self.future.set_result(
@@ -143,8 +146,9 @@ class Batcher:
         self.preferred = sorted(set(preferred), reverse=True)
         self.delay = settings.max_delay_ms / 1000
         self.pool_width = max(1, len(pool.sessions) // runs)  # batches that keep it busy
-        self.max_in_flight = settings.max_concurrent_batches or 2 * self.pool_width
+        self.max_in_flight = settings.max_concurrent_batches or 4 * self.pool_width
         self._pool = pool
+        self._model_name = model.name
         self._metrics = metrics or ModelMetrics(model.name, model.version)
         self._queue: List[_Request] = []
         self._arrived: Optional[asyncio.Event] = None
@@ -272,7 +276,7 @@ class Batcher:
             for piece in batch:
                 rows = piece.stop - piece.start
                 piece.request.deliver(
-                    piece.start, {n: a[offset : offset + rows] for n, a in results.items()}
+                    piece, {n: a[offset : offset + rows] for n, a in results.items()}
                 )
                 offset += rows
         finally:
@@ -287,7 +291,7 @@ class Batcher:
         except Exception as error:
             piece.request.fail(error)
         else:
-            piece.request.deliver(piece.start, results)
+            piece.request.deliver(piece, results)
 
     async def close(self) -> None:
         """Stop batching; requests still queued fail, batches already running finish."""
@@ -295,7 +299,10 @@ class Batcher:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
         for request in self._queue:
-            request.fail(RuntimeError("the model was unloaded before this request ran"))
+            request.fail(MLServerError(
+                f"model '{self._model_name}' was unloaded before this request ran; retry",
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+            ))
         self._queue = []
         await asyncio.gather(*self._in_flight, return_exceptions=True)
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -201,6 +202,15 @@ def test_only_requests_of_the_same_shape_are_merged(batch_server):
     assert _rows_histogram(batch_server, "row-sums")[0] - runs0 == 2
 
 
+def _static_reference(rows):
+    """onnxruntime on the digits-b4 file itself, rows run 4 at a time (zero-padded)."""
+    padded = np.zeros((-(-len(rows) // 4) * 4, 64), np.float32)
+    padded[: len(rows)] = rows
+    runs = [reference.run("digits-b4", {"input": padded[i : i + 4]})
+            for i in range(0, len(padded), 4)]
+    return {name: np.concatenate([r[name] for r in runs])[: len(rows)] for name in runs[0]}
+
+
 def test_static_batch_is_filled_not_padded(batch_server):
     """digits-b4 (static batch 4, two sessions): 16 one-row clients make 4 full runs, and a
     10-row request with two one-row ones makes 3 (the 10 rows spread over the runs)."""
@@ -211,11 +221,10 @@ def test_static_batch_is_filled_not_padded(batch_server):
         responses = asyncio.run(_concurrently(
             batch_server, "ours-b4", [{"inputs": [v2_input("input", p)]} for p in pixels]))
         for rows, response in zip(pixels, responses):
-            outputs = _outputs(response)
-            expected = reference.run("digits", {"input": rows})
-            assert outputs["label"].tolist() == expected["label"].tolist()
-            np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"],
-                                       rtol=1e-5, atol=1e-6)
+            # Bit-exact: every run of this model is a batch of 4, whoever's rows are in it.
+            expected = _static_reference(rows)
+            for name, array in _outputs(response).items():
+                np.testing.assert_array_equal(array, expected[name])
         runs1, rows1 = _rows_histogram(batch_server, "ours-b4")
         sessions1 = sum(batch_server.session_runs("ours-b4").values())
         total = sum(sizes)
@@ -257,11 +266,18 @@ def test_a_bad_request_among_good_ones_fails_alone(batch_server):
      "unknown key 'parameters.extra.batching.max_delay'"),
     ("preferred", {"batching": {"max_batch_size": 8, "preferred_batch_sizes": [4, 16]}}, {},
      "preferred_batch_sizes': [16] not between 1 and max_batch_size 8"),
+    ("scalar", {"batching": {"max_batch_size": 8}}, {},
+     "needs a batch axis 0 on every tensor, but output 'total' has shape []"),
 ])
 def test_batching_settings_that_cannot_work_fail_the_load(batch_server, name, extra, top,
                                                           message):
     folder = copy_model(MODEL_REPOSITORY / "digits", batch_server.repository, f"bad-{name}",
                         extra, **top)
+    if name == "scalar":  # the sum of a whole batch: no row of it belongs to one request
+        _save_model(folder / "model.onnx",
+                    helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                    [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])], [])
     try:
         response = batch_server.http.post(f"/v2/repository/models/bad-{name}/load")
         assert response.status_code == 400, response.text
@@ -273,10 +289,26 @@ def test_batching_settings_that_cannot_work_fail_the_load(batch_server, name, ex
 
 
 def test_unload_and_reload_keep_batching(batch_server):
-    """The batcher's task belongs to one load: after a reload, requests are merged again."""
-    for action in ("unload", "load"):
-        response = batch_server.http.post(f"/v2/repository/models/ours-b4/{action}")
-        assert response.status_code == 200, response.text
+    """A request waiting for its batch when the model unloads gets a 503 at once (not after
+    max_delay_ms); after a reload, requests are merged again."""
+
+    async def wait_then_unload():
+        async with httpx.AsyncClient(base_url=batch_server.url, timeout=60) as client:
+            waiting = asyncio.create_task(client.post(
+                "/v2/models/ours-b4/infer",
+                json={"inputs": [v2_input("input", reference.digits(1))]}))
+            await asyncio.sleep(1)  # one row of 4: it waits up to WAIT ms for company
+            unload = await client.post("/v2/repository/models/ours-b4/unload")
+            return await waiting, unload
+
+    started = time.monotonic()
+    waiting, unload = asyncio.run(wait_then_unload())
+    assert unload.status_code == 200, unload.text
+    assert waiting.status_code == 503, waiting.text
+    assert "was unloaded before this request ran" in waiting.json()["error"]
+    assert time.monotonic() - started < WAIT / 1000
+    response = batch_server.http.post("/v2/repository/models/ours-b4/load")
+    assert response.status_code == 200, response.text
     settings = json.loads((batch_server.repository / "ours-b4" / "model-settings.json")
                           .read_text())
     assert settings["parameters"]["extra"]["batching"]["max_delay_ms"] == WAIT

@@ -70,12 +70,15 @@ class Runner:
         threading.Thread(target=self._work, daemon=True).start()
 
     def _work(self) -> None:
+        # Device time: a run queued while the PE was busy starts when the last one ended, not
+        # when this thread wakes up, so the host's scheduling delays do not slow the device.
+        free_at = 0.0
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            feeds, loop, future = job
-            finish = time.perf_counter() + self._run_seconds
+            feeds, loop, future, submitted = job
+            finish = free_at = max(submitted, free_at) + self._run_seconds
             try:
                 result = self._session.run(None, feeds)
             except Exception as error:  # noqa: BLE001 - handed to the caller
@@ -90,7 +93,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         feeds = {desc.name: array for desc, array in zip(self.model.inputs(), inputs)}
-        self._jobs.put((feeds, loop, future))
+        self._jobs.put((feeds, loop, future, time.perf_counter()))
         return await future
 
     async def close(self) -> None:
