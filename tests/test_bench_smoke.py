@@ -41,3 +41,17 @@ def test_bench_quick_measures_every_target(tmp_path: Path):
     assert [line.split("|")[3].strip() for line in capacity.splitlines()
             if line.startswith("| npu-sim |")] == NPU_TARGETS
     assert (tmp_path / "throughput.png").stat().st_size > 0
+
+
+def test_batcher_only_drives_the_simulated_npu():
+    """`python -m bench.batcher_only`: the batcher and pool in-process, both modes measured."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.batcher_only", "--concurrency", "8", "--duration", "0.3"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.split("|")[1:4] for line in completed.stdout.splitlines()
+            if line.startswith("| npu-sim |")]
+    assert [mode.strip() for _, mode, _ in rows] == ["off", "ours"], completed.stdout
+    off, ours = (float(fraction) for _, _, fraction in rows)
+    assert 0 < off and 0 < ours <= 1.05, completed.stdout
