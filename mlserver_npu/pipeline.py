@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 from mlserver.errors import InferenceError
@@ -174,6 +174,21 @@ class Pipeline(ServedModel):
                 plan, results, tiles[0] if tiles else None, wire.carries_arrays(payload)
             )
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
+
+    def describe_steps(self) -> List[Dict[str, Any]]:
+        """The steps in the order of the settings: a model step's folder and where it runs
+        (ModelStages.describe), a combine step's kind and inputs."""
+        described: List[Dict[str, Any]] = []
+        for step in self._graph.config.steps:
+            if isinstance(step, ModelStep):
+                where = self._steps[step.name].describe(Parameters())
+                described.append(
+                    {"name": step.name, "model": step.model, **where.model_dump(exclude_none=True)}
+                )
+            else:
+                described.append({"name": step.name, "combine": step.combine,
+                                  "inputs": [str(ref) for ref in step.inputs]})
+        return described
 
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()
