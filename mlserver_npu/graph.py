@@ -20,7 +20,7 @@ from .backends import TensorSpec
 from .errors import ConfigurationError
 from .processing.classification import ClassificationSettings
 from .settings import describe_validation_error
-from .tensors import datatype_of
+from .tensors import describe
 
 STEP_NAME = r"^[A-Za-z0-9_-]+$"
 
@@ -129,10 +129,6 @@ def references(step: Union[ModelStep, CombineStep]) -> Dict[str, Reference]:
     return dict(step.inputs)
 
 
-def _describe(spec: TensorSpec) -> str:
-    return f"{datatype_of(spec.dtype)} {spec.v2_shape}"
-
-
 def _fits(want: TensorSpec, got: TensorSpec) -> bool:
     """Same dtype, and the shapes agree wherever both are static."""
     return (
@@ -149,7 +145,7 @@ def _combined_spec(name: str, kind: str, specs: Sequence[TensorSpec]) -> TensorS
             if not _fits(first, spec):
                 raise ValueError(
                     f"{kind} needs tensors of one datatype and shape, got "
-                    + ", ".join(_describe(s) for s in specs)
+                    + ", ".join(describe(s) for s in specs)
                 )
         shape = [
             next((dim for dim in dims if dim is not None), None)
@@ -160,7 +156,7 @@ def _combined_spec(name: str, kind: str, specs: Sequence[TensorSpec]) -> TensorS
     if any(not s.shape for s in specs) or not all(_fits(heads[0], h) for h in heads[1:]):
         raise ValueError(
             "concat needs tensors of one datatype that agree on all but the last axis, got "
-            + ", ".join(_describe(s) for s in specs)
+            + ", ".join(describe(s) for s in specs)
         )
     lasts = [s.shape[-1] for s in specs]
     last = None if None in lasts else sum(lasts)
@@ -278,8 +274,8 @@ class Graph:
                 got = resolve(f"{where}: input '{key}'", ref)
                 if not _fits(inputs[key], got):
                     raise ConfigurationError(
-                        f"{where}: input '{key}' takes {_describe(inputs[key])}, but '{ref}' "
-                        f"is {_describe(got)}"
+                        f"{where}: input '{key}' takes {describe(inputs[key])}, but '{ref}' "
+                        f"is {describe(got)}"
                     )
             outputs[step.name] = {spec.name: spec for spec in model_outputs[step.name]}
         for name, ref in self.config.outputs.items():

@@ -7,10 +7,9 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
-from mlserver import MLModel
 from mlserver.errors import InferenceError
 from mlserver.repository.load import load_model_settings
 from mlserver.types import (
@@ -19,32 +18,35 @@ from mlserver.types import (
     MetadataModelResponse,
     MetadataTensor,
     Parameters,
-    RequestInput,
 )
 from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
+from . import wire
 from .backends import TensorSpec
 from .errors import ConfigurationError, ModelLoadError
 from .graph import Graph, ModelStep, PipelineSettings, settings_error
-from .metrics import StepMetrics
+from .metrics import StepMetrics, stage
 from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
+from .served import ServedModel
 from .stages import ModelStages
+from .tensors import describe, match_inputs
 
 logger = logging.getLogger("mlserver.npu")
 
 RUNTIMES = ("mlserver_npu.NPURuntime", "mlserver_npu.runtime.NPURuntime")
 
 
-def _describe(tensor: MetadataTensor) -> str:
-    content_type = tensor.parameters.content_type if tensor.parameters else None
-    return f"{tensor.datatype} {tensor.shape}" + (f" ({content_type})" if content_type else "")
-
-
-class Pipeline(MLModel):
+class Pipeline(ServedModel):
     async def load(self) -> bool:
+        with self.loading():
+            await self._load()
+        logger.info("Pipeline '%s': steps %s", self.name, ", ".join(self._graph.steps))
+        return True
+
+    async def _load(self) -> None:
         extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
         try:
             config = PipelineSettings.model_validate(extra)
@@ -73,8 +75,6 @@ class Pipeline(MLModel):
         except BaseException:
             await self.unload()
             raise
-        logger.info("Pipeline '%s': steps %s", self.name, ", ".join(self._graph.steps))
-        return True
 
     async def _open(self, step: ModelStep) -> ModelStages:
         folder = Path(to_absolute_path(self.settings, step.model))
@@ -111,10 +111,10 @@ class Pipeline(MLModel):
             for tensor in decoder.metadata():
                 name = fed[tensor.name]
                 tensor = tensor.model_copy(update={"name": name})
-                if name in inputs and _describe(inputs[name]) != _describe(tensor):
+                if name in inputs and describe(inputs[name]) != describe(tensor):
                     raise ConfigurationError(
-                        f"step '{step.name}': pipeline input '{name}' is {_describe(tensor)} "
-                        f"here, but {_describe(inputs[name])} in step '{taken_by[name]}'"
+                        f"step '{step.name}': pipeline input '{name}' is {describe(tensor)} "
+                        f"here, but {describe(inputs[name])} in step '{taken_by[name]}'"
                     )
                 inputs.setdefault(name, tensor)
                 taken_by.setdefault(name, step.name)
@@ -137,34 +137,16 @@ class Pipeline(MLModel):
             self.inputs = list(inputs.values())
         if not self.settings.outputs:
             self.outputs = self._encoder.metadata()
-        self._metrics = StepMetrics(self.name, self.version)
-
-    def _match(self, request_inputs: Sequence[RequestInput]) -> Dict[str, RequestInput]:
-        """Request tensors by pipeline input; one input takes one tensor under any name."""
-        names = list(self._inputs)
-        if len(names) == 1 and len(request_inputs) == 1:
-            return {names[0]: request_inputs[0]}
-        matched: Dict[str, RequestInput] = {}
-        for request_input in request_inputs:
-            if request_input.name not in self._inputs:
-                raise InferenceError(
-                    f"unknown input '{request_input.name}'; the pipeline's inputs are: "
-                    + ", ".join(f"'{n}' ({_describe(t)})" for n, t in self._inputs.items())
-                )
-            if request_input.name in matched:
-                raise InferenceError(f"input '{request_input.name}' is given more than once")
-            matched[request_input.name] = request_input
-        missing = [name for name in names if name not in matched]
-        if missing:
-            raise InferenceError(
-                "missing input "
-                + ", ".join(f"'{n}' ({_describe(self._inputs[n])})" for n in missing)
-            )
-        return matched
+        self._step_metrics = StepMetrics(self.name, self.version)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        request = self._match(payload.inputs)
-        plan = self._encoder.plan(payload.outputs)
+        with self._metrics.serving():
+            return await self._predict(payload)
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        request = match_inputs(payload.inputs, list(self._inputs.values()), "pipeline")
+        with stage("decode"):
+            plan = self._encoder.plan(payload.outputs)
         tiles: List[List[int]] = []
 
         async def run_model(
@@ -176,21 +158,37 @@ class Pipeline(MLModel):
                 for model_input, name in self._fed[step.name].items()
             ]
             try:
-                feeds, counts = await self._decoders[step.name].decode(taken)
+                with stage("decode"):
+                    feeds, counts = await self._decoders[step.name].decode(taken)
                 results = await self._steps[step.name].run({**feeds, **arrays})
             except InferenceError as error:
                 raise InferenceError(f"step '{step.name}': {error}") from None
             if counts is not None:
                 tiles.append(counts)
-            self._metrics.step(step.name, time.perf_counter() - start)
+            self._step_metrics.step(step.name, time.perf_counter() - start)
             return results
 
         results = await self._graph.run(run_model)
-        return InferenceResponse(
-            model_name=self.name,
-            model_version=self.version,
-            outputs=self._encoder.encode(plan, results, tiles[0] if tiles else None),
-        )
+        with stage("encode"):
+            outputs = self._encoder.encode(
+                plan, results, tiles[0] if tiles else None, wire.carries_arrays(payload)
+            )
+        return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
+
+    def describe_steps(self) -> List[Dict[str, Any]]:
+        """The steps in the order of the settings: a model step's folder and where it runs
+        (ModelStages.describe), a combine step's kind and inputs."""
+        described: List[Dict[str, Any]] = []
+        for step in self._graph.config.steps:
+            if isinstance(step, ModelStep):
+                where = self._steps[step.name].describe(Parameters())
+                described.append(
+                    {"name": step.name, "model": step.model, **where.model_dump(exclude_none=True)}
+                )
+            else:
+                described.append({"name": step.name, "combine": step.combine,
+                                  "inputs": [str(ref) for ref in step.inputs]})
+        return described
 
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()
@@ -200,6 +198,7 @@ class Pipeline(MLModel):
         return metadata
 
     async def unload(self) -> bool:
+        self.unserve()
         steps, self._steps = getattr(self, "_steps", {}), {}
         await asyncio.gather(*(stages.close() for stages in steps.values()))
         return True

@@ -3,9 +3,7 @@ the model folder's stages (stages.py: settings -> source -> backend sessions -> 
 processing) serve each request: inputs (codecs, preprocessing) -> pool -> outputs
 (postprocessing, codecs) -> response."""
 import logging
-import time
 
-from mlserver import MLModel
 from mlserver.types import (
     InferenceRequest,
     InferenceResponse,
@@ -15,8 +13,7 @@ from mlserver.types import (
 
 from . import wire
 from .errors import ModelLoadError
-from .metrics import ModelMetrics
-from .settings import NPUEnvironment
+from .served import ServedModel
 from .single_model import anchor_to_model_folder
 from .sources.redact import redact_text
 from .stages import ModelStages
@@ -24,35 +21,33 @@ from .stages import ModelStages
 logger = logging.getLogger("mlserver.npu")
 
 
-class NPURuntime(MLModel):
+class NPURuntime(ServedModel):
     async def load(self) -> bool:
-        started = time.perf_counter()
-        self._metrics = ModelMetrics(self.name, self.version)
-        try:
-            anchor_to_model_folder(self.settings)
-            self._stages = await ModelStages.open(self.settings)
-        except ModelLoadError as error:
-            # MLServer itself logs only "Couldn't load model 'x'" at INFO: the reason goes here.
-            logger.error("%s", redact_text(str(error)))
-            raise
-        except Exception as error:
-            logger.error(
-                "Model '%s' could not be loaded: %s",
-                self.name, redact_text(f"{type(error).__name__}: {error}"),
+        with self.loading():
+            try:
+                anchor_to_model_folder(self.settings)
+                self._stages = await ModelStages.open(self.settings)
+            except ModelLoadError as error:
+                # MLServer itself logs only "Couldn't load model 'x'" at INFO: the reason goes
+                # here.
+                logger.error("%s", redact_text(str(error)))
+                raise
+            except Exception as error:
+                logger.error(
+                    "Model '%s' could not be loaded: %s",
+                    self.name, redact_text(f"{type(error).__name__}: {error}"),
+                )
+                logger.debug("Traceback of the failed load of '%s'", self.name, exc_info=True)
+                raise
+            if not self.settings.inputs:
+                self.inputs = self._stages.inputs.metadata()
+            if not self.settings.outputs:
+                self.outputs = self._stages.outputs.metadata()
+            logger.info(
+                "Model '%s': %s (sha256 %s) on %s",
+                self.name, self._stages.model_path.name, self._stages.sha256,
+                ", ".join(self._stages.pool.devices),
             )
-            logger.debug("Traceback of the failed load of '%s'", self.name, exc_info=True)
-            raise
-        if not self.settings.inputs:
-            self.inputs = self._stages.inputs.metadata()
-        if not self.settings.outputs:
-            self.outputs = self._stages.outputs.metadata()
-        logger.info(
-            "Model '%s': %s (sha256 %s) on %s",
-            self.name, self._stages.model_path.name, self._stages.sha256,
-            ", ".join(self._stages.pool.devices),
-        )
-        self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
-        self._metrics.load(time.perf_counter() - started)
         return True
 
     @property
@@ -74,9 +69,7 @@ class NPURuntime(MLModel):
         return metadata
 
     async def unload(self) -> bool:
-        if getattr(self, "_zero_copy", False):
-            wire.unregister(self.settings)
-            self._zero_copy = False
+        self.unserve()
         stages = getattr(self, "_stages", None)
         if stages is not None:
             await stages.close()

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from .backends import BackendError, InvalidInput, get_backend, session_details
 from .batcher import Batcher
 from .errors import ConfigurationError, ModelLoadError
-from .metrics import stage
+from .metrics import ModelMetrics, stage
 from .pool import SessionPool
 from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
@@ -72,7 +72,10 @@ class ModelStages:
                     stages.inputs = stages.input_decoder([spec.name for spec in stages.pool.inputs])
                     stages.outputs = stages._output_encoder()
                     if config.batching is not None:
-                        stages.batcher = Batcher(stages.pool, config.batching, settings)
+                        stages.batcher = Batcher(
+                            stages.pool, config.batching, settings,
+                            ModelMetrics(label or name, version),
+                        )
                 except ConfigurationError:
                     await stages.close()
                     raise

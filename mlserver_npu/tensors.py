@@ -7,7 +7,7 @@ import functools
 import itertools
 import math
 import struct
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from mlserver.codecs.numpy import to_datatype
@@ -137,14 +137,20 @@ def _first_bad(data: list, dtype: np.dtype) -> str:
     return "the values do not fit"  # not reached: struct refused one of them
 
 
-def _describe(spec: TensorSpec) -> str:
-    return f"{datatype_of(spec.dtype)} {spec.v2_shape}"
+def describe(tensor: Union[TensorSpec, MetadataTensor]) -> str:
+    """A tensor as messages name its type: `FP32 [-1, 64]`, `BYTES [-1] (image)`."""
+    if isinstance(tensor, TensorSpec):
+        return f"{datatype_of(tensor.dtype)} {tensor.v2_shape}"
+    content_type = content_type_of(tensor.parameters)
+    return f"{tensor.datatype} {tensor.shape}" + (f" ({content_type})" if content_type else "")
 
 
 def match_inputs(
-    request_inputs: Sequence[RequestInput], specs: Sequence[TensorSpec]
+    request_inputs: Sequence[RequestInput],
+    specs: Sequence[Union[TensorSpec, MetadataTensor]],
+    owner: str = "model",
 ) -> Dict[str, RequestInput]:
-    """Pair request inputs with model inputs by name.
+    """Pair request inputs with the inputs of a model (or of a pipeline: `owner`) by name.
 
     A model with a single input takes a single request input under any name, as MLServer's
     own runtimes and furiosa-server do.
@@ -156,8 +162,8 @@ def match_inputs(
     for request_input in request_inputs:
         if request_input.name not in known:
             raise InferenceError(
-                f"unknown input {shorten(request_input.name)}; the model's inputs are: "
-                + ", ".join(f"'{spec.name}' ({_describe(spec)})" for spec in specs)
+                f"unknown input {shorten(request_input.name)}; the {owner}'s inputs are: "
+                + ", ".join(f"'{spec.name}' ({describe(spec)})" for spec in specs)
             )
         if request_input.name in matched:
             raise InferenceError(f"input {shorten(request_input.name)} is given more than once")
@@ -166,7 +172,7 @@ def match_inputs(
     if missing:
         raise InferenceError(
             "missing input "
-            + ", ".join(f"'{spec.name}' ({_describe(spec)})" for spec in missing)
+            + ", ".join(f"'{spec.name}' ({describe(spec)})" for spec in missing)
         )
     return matched
 

@@ -1,4 +1,5 @@
-"""Zero-copy gRPC tensors for NPURuntime models: raw contents <-> numpy, no Python lists.
+"""Zero-copy gRPC tensors for the plugin's models (NPURuntime, Pipeline): raw contents <->
+numpy, no Python lists.
 
 Why this module patches MLServer: MLServer 1.7 has no hook for how gRPC tensors are
 converted. `ModelInferRequestConverter.to_types` unpacks every `raw_input_contents` entry
@@ -7,11 +8,11 @@ packs outputs back from lists (`extract_raw`): for a 224x224 image tensor that i
 request's CPU (upstream issues SeldonIO/MLServer#913 and #253 ask for a hook). `install`
 wraps those two entry points once per process:
 
-- requests to a model that registered here (an NPURuntime model, `register`) get their raw
+- requests to a model that registered here (a plugin model, `register`) get their raw
   inputs validated and viewed as flat `WireArray`s over the received bytes (BYTES inputs as
   a list of bytes, as MLServer gives them); every other model gets MLServer's own result;
-- responses whose outputs hold WireArrays (only NPURuntime makes them) are packed from the
-  arrays' buffers, the other outputs as MLServer packs them.
+- responses whose outputs hold WireArrays (only the plugin's models make them) are packed
+  from the arrays' buffers, the other outputs as MLServer packs them.
 
 The patch is applied only to the MLServer versions whose functions it was checked against
 (`SUPPORTED`, and the source fingerprints in `CHECKED`); anything else logs a

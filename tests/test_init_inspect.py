@@ -79,6 +79,42 @@ def test_inspect_a_broken_folder_says_why_as_a_load_would(tmp_path):
     assert text.returncode == 1 and "does not exist" in text.stdout
 
 
+def test_inspect_and_compile_describe_a_pipeline(tmp_path):
+    ensemble = MODEL_REPOSITORY / "digits-ensemble"
+    completed, report = _inspect(ensemble)
+    assert completed.returncode == 0, completed.stderr
+    assert report["valid"] is True and report["pipeline"] is True
+    assert report["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert report["outputs"] == [{"name": "probabilities", "datatype": "BYTES", "shape": [-1, 3]}]
+    logistic, mlp, average = report["steps"]
+    for step, folder in ((logistic, "digits"), (mlp, "digits-mlp")):
+        model_file = MODEL_REPOSITORY / folder / "model.onnx"
+        assert step["model"] == f"../{folder}" and step["backend"] == "onnxruntime"
+        assert step["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert average == {"name": "average", "combine": "mean", "inputs": [
+        "logistic.outputs.probabilities", "mlp.outputs.probabilities"]}
+    text = cli("inspect", ensemble).stdout
+    for line in ["pipeline 3 steps: logistic, mlp, average",
+                 "step     logistic  ../digits: onnxruntime on cpu",
+                 "input    input  FP32 [-1, 64]"]:
+        assert line in text, (line, text)
+
+    compiled = cli("compile", ensemble)
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout.startswith("digits-ensemble: pipeline in "), compiled.stdout
+    assert "step logistic: onnxruntime on cpu" in compiled.stdout
+    assert "step mlp: onnxruntime on cpu" in compiled.stdout
+
+    broken = shutil.copytree(ensemble, tmp_path / "repo" / "ensemble")
+    shutil.copytree(MODEL_REPOSITORY / "digits", tmp_path / "repo" / "digits")
+    settings = _settings_of(broken)
+    settings["parameters"]["extra"]["steps"][1]["model"] = "../nowhere"
+    (broken / "model-settings.json").write_text(json.dumps(settings))
+    completed, report = _inspect(broken)
+    assert completed.returncode == 1 and report["valid"] is False
+    assert "step 'mlp': no model-settings.json" in report["error"]
+
+
 def test_init_writes_a_folder_that_mlserver_start_serves(tmp_path):
     repository = tmp_path / "repository"
     repository.mkdir()

@@ -16,7 +16,7 @@ import images
 import reference
 from images import b64, encode, photo
 from reference import v2_input
-from server import Server, copy_repository, grpc_calls
+from server import Server, copy_model, copy_repository, grpc_calls
 from test_pool import _busy_model
 
 PIPELINE = "mlserver_npu.Pipeline"
@@ -89,6 +89,10 @@ def live(tmp_path_factory):
         _busy_model(_model(repository, name) / "model.onnx")
     _pipeline(repository, "chain", CHAIN)
     _pipeline(repository, "busy-pair", BUSY_PAIR)
+    copy_model(repository / "digits", repository, "digits-batching",
+               {"batching": {"max_batch_size": 8}})
+    _pipeline(repository, "batched", {"steps": [{"name": "only", "model": "../digits-batching"}],
+                                      "outputs": {"p": "only.outputs.probabilities"}})
     running = Server.start(repository, root)
     running.busy_model = repository / "busy-a" / "model.onnx"
     yield running
@@ -232,6 +236,47 @@ def test_unknown_and_missing_pipeline_inputs_are_400(live):
     assert response.status_code == 400, response.text
     assert "unknown input 'extra'" in response.json()["error"]
     assert "'rows' (FP32 [-1, 8])" in response.json()["error"]
+
+
+def test_a_huge_input_name_is_quoted_short(live):
+    pixels = reference.digits(1)
+    response = live.infer("digits-ensemble", [v2_input("input", pixels),
+                                              v2_input("x" * 2**20, pixels)])
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert "unknown input 'xxx" in message and "the pipeline's inputs are: 'input'" in message
+    assert len(response.content) < 1000, len(response.content)
+
+
+def _model_samples(live, metric, model):
+    return {dict(labels).get("outcome", dict(labels).get("stage")): value
+            for labels, value in live.metrics().get(metric, {}).items()
+            if dict(labels)["model_name"] == model}
+
+
+def test_pipeline_requests_are_counted_and_timed(live):
+    before = _model_samples(live, "mlserver_npu_requests_total", "digits-ensemble")
+    stages = _model_samples(live, "mlserver_npu_stage_seconds_count", "digits-ensemble")
+    for pixels, status in ((reference.digits(2), 200), (np.zeros((1, 3), np.float32), 400)):
+        assert live.infer("digits-ensemble", [v2_input("input", pixels)]).status_code == status
+    after = _model_samples(live, "mlserver_npu_requests_total", "digits-ensemble")
+    assert after["ok"] == before.get("ok", 0) + 1
+    assert after["client_error"] == before.get("client_error", 0) + 1
+    timed = _model_samples(live, "mlserver_npu_stage_seconds_count", "digits-ensemble")
+    for name in ("decode", "device", "encode"):
+        assert timed[name] == stages.get(name, 0) + 2, name
+
+
+def test_a_batching_step_records_under_the_pipeline_step_name(live):
+    pixels = reference.digits(3)
+    outputs = _served(live, "batched", [v2_input("input", pixels)])
+    np.testing.assert_allclose(_array(outputs["p"]),
+                               reference.run("digits", {"input": pixels})["probabilities"],
+                               rtol=1e-5, atol=1e-6)
+    queued = _model_samples(live, "mlserver_npu_stage_seconds_count", "batched.only")
+    assert queued.get("queue", 0) >= 1, queued
+    assert _model_samples(live, "mlserver_npu_stage_seconds_count",
+                          "digits-batching").get("queue", 0) == 0
 
 
 # --- bad pipelines fail the load, naming the step ---

@@ -27,7 +27,8 @@ from mlserver.types import InferenceResponse, ResponseOutput
 from mlserver_npu import wire
 
 CUSTOM_RUNTIME = Path(__file__).with_name("custom_runtime")
-MODELS = ["digits", "digits-temperature", "squeezenet", "digits-image"]
+MODELS = ["digits", "digits-temperature", "squeezenet", "digits-image", "digits-mlp",
+          "digits-ensemble"]
 IDENTITY_SIZE = 4096
 DTYPES = {"FP32": np.float32, "INT64": np.int64, "BYTES": object}
 TYPED_FIELDS = {"FP32": "fp32_contents", "INT64": "int64_contents", "BYTES": "bytes_contents"}
@@ -373,6 +374,50 @@ def test_streaming_takes_zero_copy_requests(fast):
     replies = list(_stub(fast).ModelStreamInfer(iter([_request("digits", feeds)])))
     assert len(replies) == 1 and replies[0].raw_output_contents
     _assert_exact(_outputs(replies[0]), reference.run("digits", feeds))
+
+
+def _ensemble_mean(pixels: np.ndarray) -> np.ndarray:
+    """What digits-ensemble averages, run with onnxruntime directly."""
+    return np.mean([reference.run(model, {"input": pixels})["probabilities"]
+                    for model in ("digits", "digits-mlp")], axis=0)
+
+
+def _ensemble_request(pixels: np.ndarray, raw: bool = True) -> pb.ModelInferRequest:
+    request = _request("digits-ensemble", {"input": pixels}, raw)
+    request.outputs.add(name="probabilities").parameters["classification"].int64_param = 0
+    return request
+
+
+def test_pipelines_take_the_zero_copy_path(fast):
+    """Raw contents to a pipeline are checked as for a model (INVALID_ARGUMENT naming the
+    input), and raw in gives raw out."""
+    request = _ensemble_request(reference.digits(2))
+    request.raw_input_contents[0] = request.raw_input_contents[0][:-3]
+    with pytest.raises(grpc.RpcError) as raised:
+        _stub(fast).ModelInfer(request)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    for word in ["input 'input'", "FP32 [2, 64] needs 512 bytes", "got 509"]:
+        assert word in raised.value.details(), (word, raised.value.details())
+    pixels = reference.digits(5, offset=40)
+    for raw in (True, False):
+        reply = _stub(fast).ModelInfer(_ensemble_request(pixels, raw))
+        assert bool(reply.raw_output_contents) == raw
+        np.testing.assert_allclose(_outputs(reply)["probabilities"], _ensemble_mean(pixels),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["digits", "digits-ensemble"])
+def test_a_stream_answers_every_request_in_order(fast, model):
+    batches = [reference.digits(1 + i, offset=10 * i) for i in range(3)]
+    requests = [_ensemble_request(b) if model == "digits-ensemble"
+                else _request("digits", {"input": b}) for b in batches]
+    replies = list(_stub(fast).ModelStreamInfer(iter(requests)))
+    assert len(replies) == len(batches)
+    for pixels, reply in zip(batches, replies):
+        got = _outputs(reply)["probabilities"]
+        want = (_ensemble_mean(pixels) if model == "digits-ensemble"
+                else reference.run("digits", {"input": pixels})["probabilities"])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_parallel_workers_keep_working(make_server, tmp_path):

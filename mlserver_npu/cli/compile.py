@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 NAME = "compile"
 HELP = "fill the compiled-model caches of model folders ahead of time"
@@ -48,6 +48,8 @@ async def compile_model(path: Path) -> Dict[str, Any]:
     """Load the model of one model-settings.json and unload it; what happened, as a dict."""
     from mlserver.repository.load import load_model_settings
 
+    from ..pipeline import Pipeline
+
     report: Dict[str, Any] = {"settings": str(path)}
     try:
         settings = load_model_settings(str(path))
@@ -62,16 +64,22 @@ async def compile_model(path: Path) -> Dict[str, Any]:
     try:
         await model.load()
         parameters = (await model.metadata()).parameters
+        # A pipeline loads (compiles) each model step as that step's own folder would.
+        steps = model.describe_steps() if isinstance(model, Pipeline) else None
     except Exception as error:  # ModelLoadError says why
         return {**report, "ok": False, "error": str(error)}
     finally:
         await model.unload()
-    details = parameters.model_dump(exclude_none=True) if parameters else {}
-    return {
-        **report, "ok": True, "seconds": round(time.perf_counter() - start, 3),
-        **{key: details[key] for key in ("backend", "devices", "execution_devices",
-                                         "loaded_from_cache") if key in details},
-    }
+    report.update(ok=True, seconds=round(time.perf_counter() - start, 3))
+    if steps is not None:
+        return {**report, "steps": [_where(step) for step in steps if "model" in step]}
+    return {**report, **_where(parameters.model_dump(exclude_none=True) if parameters else {})}
+
+
+def _where(details: Dict[str, Any]) -> Dict[str, Any]:
+    """Where a model (or a pipeline's model step) runs, and whether it came from the cache."""
+    return {key: details[key] for key in ("name", "backend", "devices", "execution_devices",
+                                          "loaded_from_cache") if key in details}
 
 
 def _line(report: Dict[str, Any]) -> str:
@@ -80,11 +88,19 @@ def _line(report: Dict[str, Any]) -> str:
         return f"{name}: FAILED: {report['error']}"
     if "skipped" in report:
         return f"{name}: skipped ({report['skipped']})"
+    if "steps" in report:
+        steps = "; ".join(f"step {step['name']}: {_run(step)}" for step in report["steps"])
+        return f"{name}: pipeline in {report['seconds']} s; {steps}"
+    return f"{name}: {_run(report, report['seconds'])}"
+
+
+def _run(where: Dict[str, Any], seconds: Optional[float] = None) -> str:
     cache = {True: "loaded from the cache", False: "compiled into the cache"}.get(
-        report.get("loaded_from_cache"), "no compiled-model cache for this backend"
+        where.get("loaded_from_cache"), "no compiled-model cache for this backend"
     )
-    where = report.get("execution_devices") or report.get("devices", "")
-    return f"{name}: {report.get('backend', '')} on {where} in {report['seconds']} s, {cache}"
+    devices = where.get("execution_devices") or where.get("devices", "")
+    took = "" if seconds is None else f" in {seconds} s"
+    return f"{where.get('backend', '')} on {devices}{took}, {cache}"
 
 
 async def _compile_all(paths: List[Path]) -> List[Dict[str, Any]]:

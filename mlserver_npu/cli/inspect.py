@@ -1,8 +1,8 @@
 """`mlserver-npu inspect MODEL_FILE|FOLDER [--json]`: what a model is and whether it loads.
 
-The model is loaded exactly as the server would load it (NPURuntime.load: the same settings
-validation, source, backend, processing and warm-up), described from its metadata, and
-unloaded; nothing is served.
+The model is loaded exactly as the server would load it (with the implementation its settings
+name, NPURuntime or Pipeline: the same settings validation, source, backend, processing and
+warm-up), described from its metadata, and unloaded; nothing is served.
 """
 import argparse
 import asyncio
@@ -15,6 +15,7 @@ from mlserver.settings import ModelSettings
 
 from ..backends import BackendError, get_backend
 from ..repository import RepositoryError, units
+from ..pipeline import Pipeline
 from ..runtime import NPURuntime
 
 
@@ -30,20 +31,35 @@ def _tensors(tensors: Optional[List[Any]]) -> List[Dict[str, Any]]:
 
 
 async def describe(settings: ModelSettings) -> Dict[str, Any]:
-    """{"name", "valid", ...}: the signature, file and devices of a model that loads, or
-    {"valid": False, "error": reason} for one that does not."""
+    """{"name", "valid", ...}: the signature, file and devices of a model that loads (of a
+    pipeline: its signature and steps), or {"valid": False, "error": reason} for one that
+    does not."""
     report: Dict[str, Any] = {"name": settings.name}
-    model = NPURuntime(settings)
     try:
+        implementation = settings.implementation
+        if not issubclass(implementation, (NPURuntime, Pipeline)):
+            raise TypeError(
+                f"implementation '{settings.implementation_}' is not an mlserver-npu model "
+                "(mlserver_npu.NPURuntime or mlserver_npu.Pipeline)"
+            )
+        model = implementation(settings)
         await model.load()
     except Exception as error:
         reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
         return {**report, "valid": False, "error": reason}
     try:
         metadata = await model.metadata()
-        model_file = model.stages.model_path
+        if isinstance(model, Pipeline):
+            steps = model.describe_steps()
+        else:
+            model_file = model.stages.model_path
     finally:
         await model.unload()
+    if isinstance(model, Pipeline):
+        return {
+            **report, "valid": True, "pipeline": True, "steps": steps,
+            "inputs": _tensors(metadata.inputs), "outputs": _tensors(metadata.outputs),
+        }
     parameters = metadata.parameters.model_dump() if metadata.parameters else {}
     backend = parameters.get("backend")
     try:
@@ -71,19 +87,36 @@ def _print(report: Dict[str, Any]) -> None:
     if not report["valid"]:
         print(f"INVALID  {report['error']}")
         return
+    if report.get("pipeline"):
+        _print_steps(report["steps"])
+    else:
+        _print_file(report)
+    for kind in ["inputs", "outputs"]:
+        for tensor in report[kind]:
+            shape = "[" + ", ".join(map(str, tensor["shape"])) + "]"
+            image = "  image" if tensor.get("content_type") == "image" else ""
+            print(f"{kind[:-1]:<8} {tensor['name']}  {tensor['datatype']} {shape}{image}")
+    if report.get("warnings"):
+        print(f"warning  {report['warnings']}")
+
+
+def _print_steps(steps: List[Dict[str, Any]]) -> None:
+    print(f"pipeline {len(steps)} steps: {', '.join(step['name'] for step in steps)}")
+    for step in steps:
+        if "combine" in step:
+            print(f"step     {step['name']}  {step['combine']} of {', '.join(step['inputs'])}")
+        else:
+            print(f"step     {step['name']}  {step['model']}: {step['backend']} on "
+                  f"{step['devices'].replace(',', ', ')}")
+
+
+def _print_file(report: Dict[str, Any]) -> None:
     print(f"file     {report['model_file']}  {report['size']} bytes  sha256 {report['sha256']}")
     print(f"backend  {report['backend']} on {', '.join(report['devices'])} "
           f"(available here: {', '.join(report['available_devices']) or 'none'})")
     if report["static_batch"]:
         print(f"batch    static {report['static_batch']} "
               "(requests of any size are split and padded)")
-    for kind in ["inputs", "outputs"]:
-        for tensor in report[kind]:
-            shape = "[" + ", ".join(map(str, tensor["shape"])) + "]"
-            image = "  image" if tensor.get("content_type") == "image" else ""
-            print(f"{kind[:-1]:<8} {tensor['name']}  {tensor['datatype']} {shape}{image}")
-    if report["warnings"]:
-        print(f"warning  {report['warnings']}")
 
 
 NAME = "inspect"

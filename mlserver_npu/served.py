@@ -1,0 +1,39 @@
+"""What every model of the plugin (NPURuntime, Pipeline) does around its own `load` and
+`predict`: the zero-copy gRPC path (wire.py), the request and load metrics (metrics.py), and
+streams answered request by request."""
+import time
+from contextlib import contextmanager
+from typing import AsyncIterator, Iterator
+
+from mlserver import MLModel
+from mlserver.types import InferenceRequest, InferenceResponse
+
+from . import wire
+from .metrics import ModelMetrics
+from .settings import NPUEnvironment
+
+
+class ServedModel(MLModel):
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        """Around `load`: once the body succeeds, the model takes the zero-copy path and its
+        load time is observed."""
+        started = time.perf_counter()
+        self._metrics = ModelMetrics(self.name, self.version)
+        yield
+        self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
+        self._metrics.load(time.perf_counter() - started)
+
+    def unserve(self) -> None:
+        """At `unload`: undo what `loading` registered."""
+        if getattr(self, "_zero_copy", False):
+            wire.unregister(self.settings)
+            self._zero_copy = False
+
+    async def predict_stream(
+        self, payloads: AsyncIterator[InferenceRequest]
+    ) -> AsyncIterator[InferenceResponse]:
+        """Every request of a gRPC stream (ModelStreamInfer) answered, in order; MLServer's
+        default answers only the first."""
+        async for payload in payloads:
+            yield await self.predict(payload)
