@@ -25,6 +25,7 @@ from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
 from .backends import TensorSpec
+from .drain import Drain
 from .errors import ConfigurationError, ModelLoadError
 from .graph import Graph, ModelStep, PipelineSettings, settings_error
 from .metrics import StepMetrics
@@ -45,6 +46,7 @@ def _describe(tensor: MetadataTensor) -> str:
 
 class Pipeline(MLModel):
     async def load(self) -> bool:
+        self._requests = Drain(self.name)
         extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
         try:
             config = PipelineSettings.model_validate(extra)
@@ -163,6 +165,10 @@ class Pipeline(MLModel):
         return matched
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        with self._requests.running():
+            return await self._predict(payload)
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
         request = self._match(payload.inputs)
         plan = self._encoder.plan(payload.outputs)
         tiles: List[List[int]] = []
@@ -200,6 +206,8 @@ class Pipeline(MLModel):
         return metadata
 
     async def unload(self) -> bool:
+        if hasattr(self, "_requests"):
+            await self._requests.close()
         steps, self._steps = getattr(self, "_steps", {}), {}
         await asyncio.gather(*(stages.close() for stages in steps.values()))
         return True

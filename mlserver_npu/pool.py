@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .backends import Session, TensorSpec
+from .drain import Drain
 from .metrics import ModelMetrics, SessionMetrics
 
 
@@ -56,6 +57,7 @@ class SessionPool:
         self.batch_size = static_batch(sessions[0].inputs, sessions[0].outputs)
         self._metrics = SessionMetrics(model_name, model_version, self.devices)
         self._model_metrics = ModelMetrics(model_name, model_version)
+        self._drain = Drain(model_name)
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -77,6 +79,10 @@ class SessionPool:
         return list(dict.fromkeys(w for session in self.sessions for w in session.warnings))
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        with self._drain.running():
+            return await self._run(feeds)
+
+    async def _run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         size = self.batch_size
         rows = len(next(iter(feeds.values())))
         if size is None:
@@ -121,4 +127,6 @@ class SessionPool:
         await asyncio.gather(*(session.run(feeds) for session in self.sessions))
 
     async def close(self) -> None:
+        """Once the runs in flight are done; a run after this is a 503."""
+        await self._drain.close()
         await asyncio.gather(*(session.close() for session in self.sessions))
