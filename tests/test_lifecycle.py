@@ -2,14 +2,16 @@
 unloads the old one, and the old one answers every request it took (runs in flight, requests
 queued in the batcher) before it closes; a request reaching a closed copy gets a 503."""
 import asyncio
+import json
 
 import numpy as np
 import pytest
 from mlserver.settings import ModelSettings
+from onnx import TensorProto
 
 import reference
 from reference import v2_input
-from server import MODEL_REPOSITORY, Server, copy_model, copy_repository
+from server import MODEL_REPOSITORY, Server, copy_model, copy_repository, write_model
 from test_batcher import _static_reference
 
 from mlserver_npu.backends import get_backend
@@ -29,6 +31,18 @@ def lifecycle_server(tmp_path_factory):
                {"sessions": 2, "batching": {"max_delay_ms": 20}})
     copy_model(MODEL_REPOSITORY / "digits", repository, "queued",
                {"batching": {"max_batch_size": 8, "max_delay_ms": DELAY_MS}})
+    write_model(repository / "echo", "echo", {},
+                model=reference.identity_model(TensorProto.FLOAT, ["N", 10]))
+    (repository / "chain").mkdir()
+    (repository / "chain" / "model-settings.json").write_text(json.dumps({
+        "name": "chain", "implementation": "mlserver_npu.Pipeline",
+        "parameters": {"version": "1", "extra": {
+            "steps": [{"name": "logistic", "model": "../queued"},
+                      {"name": "echo", "model": "../echo",
+                       "inputs": {"x": "logistic.outputs.probabilities"}}],
+            "outputs": {"probabilities": "echo.outputs.y"},
+        }},
+    }))
     running = Server.start(repository, root)
     yield running
     running.stop()
@@ -45,8 +59,14 @@ def _squeezenet(index):
     return "data_0", image, "softmaxout_1", expected
 
 
+def _chain(index):
+    pixels = reference.digits(1 + index % 4, offset=index)
+    return "input", pixels, "probabilities", reference.run("digits", {"input": pixels})[
+        "probabilities"]
+
+
 # model -> (request number -> input name, array, output name, onnxruntime's output)
-CASES = {"plain": _squeezenet, "batched": _digits_b4}
+CASES = {"plain": _squeezenet, "batched": _digits_b4, "chain": _chain}
 
 
 async def _clients_during_reloads(server, model):
@@ -107,10 +127,11 @@ async def _clients_during_reloads(server, model):
     return [r.status_code for r in reloads], answers
 
 
-@pytest.mark.parametrize("model", ["plain", "batched"])
+@pytest.mark.parametrize("model", list(CASES))
 def test_reloads_under_load_answer_every_request(lifecycle_server, model):
-    """Concurrent REST and gRPC clients during repeated reloads: no error at all (the old
-    copy finishes what it took), every answer equal to onnxruntime."""
+    """Concurrent REST and gRPC clients during repeated reloads (without batching, with it,
+    and of a pipeline whose second step waits for its first, batched, one): no error at all (the old copy finishes what it
+    took), every answer equal to onnxruntime."""
     statuses, answers = asyncio.run(_clients_during_reloads(lifecycle_server, model))
     assert statuses == [200] * RELOADS
     errors = [answer for _, answer in answers if isinstance(answer, str)]
