@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
-from fastapi import status
-from mlserver.errors import MLServerError
 from mlserver.settings import ModelSettings
 from pydantic import BaseModel, ConfigDict, Field
 
+from .drain import Drain
 from .errors import ConfigurationError
-from .metrics import ModelMetrics
+from .metrics import add_stage
 from .pool import SessionPool
 
 Feeds = Mapping[str, np.ndarray]
@@ -82,6 +81,7 @@ class _Request:
     future: asyncio.Future
     taken: int = 0  # rows already put in a batch
     done: int = 0  # rows whose results are back
+    queued: Optional[float] = None  # seconds until its last rows were put in a batch
     pieces: Dict[int, Dict[str, np.ndarray]] = field(default_factory=dict)  # by first row
 
     def deliver(self, piece: "_Slice", outputs: Dict[str, np.ndarray]) -> None:
@@ -121,7 +121,6 @@ class Batcher:
         pool: SessionPool,
         settings: BatchingSettings,
         model: ModelSettings,
-        metrics: Optional[ModelMetrics] = None,
     ):
         _check_no_adaptive_batching(model)
         _check_batch_axes(pool)
@@ -148,16 +147,20 @@ class Batcher:
         self.pool_width = max(1, len(pool.sessions) // runs)  # batches that keep it busy
         self.max_in_flight = settings.max_concurrent_batches or 4 * self.pool_width
         self._pool = pool
-        self._model_name = model.name
-        self._metrics = metrics or ModelMetrics(model.name, model.version)
         self._queue: List[_Request] = []
         self._arrived: Optional[asyncio.Event] = None
         self._slots: Optional[asyncio.Semaphore] = None
         self._loop_task: Optional[asyncio.Task] = None
         self._in_flight: set = set()
         self._running = 0  # batches dispatched and not done
+        self._drain = Drain(model.name)
+        self._hurry = False
 
     async def run(self, feeds: Feeds) -> Dict[str, np.ndarray]:
+        with self._drain.running():
+            return await self._run(feeds)
+
+    async def _run(self, feeds: Feeds) -> Dict[str, np.ndarray]:
         rows = len(next(iter(feeds.values())))
         if rows == 0:
             return await self._pool.run(feeds)
@@ -171,7 +174,11 @@ class Batcher:
         request = _Request(feeds, rows, key, loop.time(), loop.create_future())
         self._queue.append(request)
         self._arrived.set()
-        return await request.future
+        try:
+            return await request.future
+        finally:
+            if request.queued is not None:
+                add_stage("queue", request.queued)
 
     def _pending_rows(self) -> int:
         """Rows waiting that can join the oldest request's batch (same shapes after axis 0)."""
@@ -218,7 +225,7 @@ class Batcher:
                 return size
             idle = self._running < self.pool_width
             wait = self._queue[0].arrived + self.delay - loop.time()
-            if idle and wait <= 0:
+            if idle and (wait <= 0 or self._hurry):
                 return self.max_batch_size
             self._arrived.clear()  # set by an arrival, or when a batch is done
             try:
@@ -252,7 +259,7 @@ class Batcher:
             request.taken += rows
             room -= rows
             if request.taken == request.rows:
-                self._metrics.stage("queue", now - request.arrived)
+                request.queued = now - request.arrived
         self._queue = [r for r in self._queue if r.taken < r.rows]
         return batch
 
@@ -293,18 +300,21 @@ class Batcher:
         else:
             piece.request.deliver(piece, results)
 
+    def hurry(self) -> None:
+        """From now on a short batch leaves as soon as a session is idle (the model is being
+        unloaded: nothing is worth waiting for)."""
+        self._hurry = True
+        if self._arrived is not None:
+            self._arrived.set()
+
     async def close(self) -> None:
-        """Stop batching; requests still queued fail, batches already running finish."""
+        """Serve the requests queued (at once, see `hurry`) or arriving meanwhile, then stop;
+        a request after this is a 503."""
+        self.hurry()
+        await self._drain.close()
         if self._loop_task is not None:
             self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        for request in self._queue:
-            request.fail(MLServerError(
-                f"model '{self._model_name}' was unloaded before this request ran; retry",
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-            ))
-        self._queue = []
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await asyncio.gather(self._loop_task, *self._in_flight, return_exceptions=True)
 
 
 def _check_rows(results: Dict[str, np.ndarray], rows: int) -> None:

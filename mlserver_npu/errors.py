@@ -1,4 +1,4 @@
-"""The two kinds of failure the plugin reports, as MLServer errors with status codes.
+"""The kinds of failure the plugin reports, as MLServer errors with status codes.
 
 MLServer turns an `MLServerError` into an HTTP status with a JSON `error` message (and the
 matching gRPC status); any other exception becomes a bare 500.
@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import status
 from mlserver.errors import InferenceError, MLServerError
 
-__all__ = ["ConfigurationError", "InferenceError", "ModelLoadError", "shorten"]
+__all__ = ["ConfigurationError", "InferenceError", "ModelLoadError", "ModelUnloaded", "shorten"]
 
 # Client data in messages: a 20 MB string or a million-element list must not come back whole.
 _REPR = reprlib.Repr()
@@ -37,6 +37,16 @@ class ModelLoadError(MLServerError):
             status.HTTP_400_BAD_REQUEST,
         )
         self.reason = reason
+
+
+class ModelUnloaded(MLServerError):
+    """A request that reached a model copy already unloaded (a reload's old copy): 503."""
+
+    def __init__(self, model_name: str):
+        super().__init__(
+            f"model '{model_name}' was unloaded before this request ran; retry",
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
 
 
 class ConfigurationError(ValueError):

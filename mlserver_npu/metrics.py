@@ -168,7 +168,7 @@ class ModelMetrics:
 
 
 # Observed for every request, 0 when the stage had nothing to do (no preprocessing, say);
-# `queue` only when the pool or the batcher timed one.
+# `queue` only for a request that went through the batcher.
 REQUEST_STAGES = ("decode", "preprocess", "device", "postprocess", "encode")
 
 
@@ -201,6 +201,16 @@ def stage(name: str) -> Iterator[None]:
         _CURRENT.reset(token)
         parent.inner += elapsed
         parent.seconds[name] = parent.seconds.get(name, 0.0) + max(elapsed - block.inner, 0.0)
+
+
+def add_stage(name: str, seconds: float) -> None:
+    """Count `seconds` measured outside a `stage()` block (the batcher's queue wait of the
+    request being served) as stage `name`, and not also as the block around it."""
+    block = _CURRENT.get()
+    if block is None:
+        return
+    block.inner += seconds
+    block.seconds[name] = block.seconds.get(name, 0.0) + seconds
 
 
 class StepMetrics:

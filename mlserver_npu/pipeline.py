@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from . import wire
 from .backends import TensorSpec
+from .drain import Drain
 from .errors import ConfigurationError, ModelLoadError
 from .graph import Graph, ModelStep, PipelineSettings, settings_error
 from .metrics import StepMetrics, stage
@@ -41,6 +42,7 @@ RUNTIMES = ("mlserver_npu.NPURuntime", "mlserver_npu.runtime.NPURuntime")
 
 class Pipeline(ServedModel):
     async def load(self) -> bool:
+        self._requests = Drain(self.name)
         with self.loading():
             await self._load()
         logger.info("Pipeline '%s': steps %s", self.name, ", ".join(self._graph.steps))
@@ -140,7 +142,7 @@ class Pipeline(ServedModel):
         self._step_metrics = StepMetrics(self.name, self.version)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        with self._metrics.serving():
+        with self._requests.running(), self._metrics.serving():
             return await self._predict(payload)
 
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -199,6 +201,8 @@ class Pipeline(ServedModel):
 
     async def unload(self) -> bool:
         self.unserve()
+        if hasattr(self, "_requests"):
+            await self._requests.close()
         steps, self._steps = getattr(self, "_steps", {}), {}
         await asyncio.gather(*(stages.close() for stages in steps.values()))
         return True

@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .backends import Session, TensorSpec
+from .drain import Drain
 from .metrics import ModelMetrics, SessionMetrics
 
 
@@ -56,6 +57,7 @@ class SessionPool:
         self.batch_size = static_batch(sessions[0].inputs, sessions[0].outputs)
         self._metrics = SessionMetrics(model_name, model_version, self.devices)
         self._model_metrics = ModelMetrics(model_name, model_version)
+        self._drain = Drain(model_name)
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -77,6 +79,23 @@ class SessionPool:
         return list(dict.fromkeys(w for session in self.sessions for w in session.warnings))
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        with self._drain.running():
+            empty = self._no_rows(feeds)
+            return empty if empty is not None else await self._run(feeds)
+
+    def _no_rows(self, feeds: Mapping[str, np.ndarray]) -> Optional[Dict[str, np.ndarray]]:
+        """The outputs of a request of 0 rows, without a device run, when every tensor has
+        a batch axis 0 and the outputs' other axes are fixed; None otherwise."""
+        outputs = self.outputs
+        if (
+            any(not spec.shape or spec.shape[0] is not None for spec in [*self.inputs, *outputs])
+            or any(None in spec.shape[1:] for spec in outputs)
+            or any(array.ndim == 0 or len(array) for array in feeds.values())
+        ):
+            return None
+        return {spec.name: np.zeros((0, *spec.shape[1:]), spec.dtype) for spec in outputs}
+
+    async def _run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         size = self.batch_size
         rows = len(next(iter(feeds.values())))
         if size is None:
@@ -121,4 +140,6 @@ class SessionPool:
         await asyncio.gather(*(session.run(feeds) for session in self.sessions))
 
     async def close(self) -> None:
+        """Once the runs in flight are done; a run after this is a 503."""
+        await self._drain.close()
         await asyncio.gather(*(session.close() for session in self.sessions))

@@ -12,7 +12,7 @@ from mlserver.types import (
 )
 
 from . import wire
-from .errors import ModelLoadError
+from .errors import ModelLoadError, ModelUnloaded
 from .served import ServedModel
 from .single_model import anchor_to_model_folder
 from .sources.redact import redact_text
@@ -56,8 +56,11 @@ class NPURuntime(ServedModel):
         return self._stages
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        stages = getattr(self, "_stages", None)
+        if stages is None:
+            raise ModelUnloaded(self.name)
         with self._metrics.serving():
-            outputs = await self._stages.infer(
+            outputs = await stages.infer(
                 payload.inputs, payload.outputs, wire.carries_arrays(payload)
             )
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)

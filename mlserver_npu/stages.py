@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from .backends import BackendError, InvalidInput, get_backend, session_details
 from .batcher import Batcher
+from .drain import Drain
 from .errors import ConfigurationError, ModelLoadError
 from .metrics import ModelMetrics, stage
 from .pool import SessionPool
@@ -56,6 +57,7 @@ class ModelStages:
         self.inputs: InputDecoder
         self.outputs: OutputEncoder
         self.batcher: Optional[Batcher] = None
+        self._requests = Drain(settings.name)
 
     @classmethod
     async def open(cls, settings: ModelSettings, label: Optional[str] = None) -> "ModelStages":
@@ -151,7 +153,7 @@ class ModelStages:
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         try:
-            with stage("device"):
+            with self._requests.running(), stage("device"):
                 return await (self.batcher or self.pool).run(feeds)
         except InvalidInput as error:
             raise InferenceError(f"the model rejected the inputs: {error}") from error
@@ -163,12 +165,13 @@ class ModelStages:
         as_arrays: bool = False,
     ) -> List[ResponseOutput]:
         """`as_arrays`: numeric outputs stay arrays (see tensors.encode_output)."""
-        with stage("decode"):
-            feeds, tiles = await self.inputs.decode(request_inputs)
-            plan = self.outputs.plan(request_outputs)
-        results = await self.run(feeds)
-        with stage("encode"):
-            return self.outputs.encode(plan, results, tiles, as_arrays)
+        with self._requests.running():
+            with stage("decode"):
+                feeds, tiles = await self.inputs.decode(request_inputs)
+                plan = self.outputs.plan(request_outputs)
+            results = await self.run(feeds)
+            with stage("encode"):
+                return self.outputs.encode(plan, results, tiles, as_arrays)
 
     def describe(self, parameters: Parameters) -> Parameters:
         """Where the model runs, for its metadata's `parameters`."""
@@ -184,6 +187,10 @@ class ModelStages:
         return parameters
 
     async def close(self) -> None:
+        """Once the requests in progress are answered; a request after this is a 503."""
+        if self.batcher is not None:
+            self.batcher.hurry()
+        await self._requests.close()
         if self.batcher is not None:
             await self.batcher.close()
             self.batcher = None

@@ -54,6 +54,9 @@ def pool_server(tmp_path_factory):
     busy_b4 = copy_model(MODEL_REPOSITORY / "digits", repository, "busy-b4", {"sessions": 2})
     _busy_model(busy_b4 / "model.onnx", batch=4)
     copy_model(MODEL_REPOSITORY / "digits", repository, "digits-batched", **BATCHED)
+    copy_model(MODEL_REPOSITORY / "digits-mlp", repository, "mlp")
+    copy_model(MODEL_REPOSITORY / "digits-mlp", repository, "mlp-batching",
+               {"batching": {"max_batch_size": 8}})
     copy_model(MODEL_REPOSITORY / "digits-b4", repository, "b4-batched", {"sessions": 2},
                **BATCHED)
     running = Server.start(repository, root)
@@ -159,3 +162,16 @@ def test_adaptive_batching_returns_each_client_its_own_rows(pool_server, model):
     runs = sum(pool_server.session_runs(model).values()) - before
     # Unmerged, every request (at most 3 rows) would be one run.
     assert runs < len(pixels), "requests were not merged"
+
+
+@pytest.mark.parametrize("model", ["mlp", "b4-pool", "mlp-batching"])
+def test_a_request_of_zero_rows_gets_zero_rows_without_a_device_run(pool_server, model):
+    """The same answer on a dynamic-batch model, a static-batch one and with the batcher:
+    200 with 0-row outputs, and no run (no error from the backend, no batch of padding)."""
+    runs = pool_server.session_runs(model)
+    response = pool_server.infer(model, [v2_input("input", np.zeros((0, 64), np.float32))])
+    outputs = _outputs(response)
+    assert outputs["probabilities"].shape == (0, 10) and outputs["label"].shape == (0,)
+    assert {o["name"]: o["shape"] for o in response.json()["outputs"]} == {
+        "label": [0], "probabilities": [0, 10]}
+    assert pool_server.session_runs(model) == runs
