@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-
 from .servers import SIMULATED_NPU
 from .workloads import WORKLOADS
 

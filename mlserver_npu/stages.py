@@ -16,7 +16,7 @@ from .backends import BackendError, InvalidInput, get_backend, session_details
 from .batcher import Batcher
 from .drain import Drain
 from .errors import ConfigurationError, ModelLoadError
-from .metrics import ModelMetrics, stage
+from .metrics import stage
 from .pool import SessionPool
 from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
@@ -74,10 +74,7 @@ class ModelStages:
                     stages.inputs = stages.input_decoder([spec.name for spec in stages.pool.inputs])
                     stages.outputs = stages._output_encoder()
                     if config.batching is not None:
-                        stages.batcher = Batcher(
-                            stages.pool, config.batching, settings,
-                            ModelMetrics(label or name, version),
-                        )
+                        stages.batcher = Batcher(stages.pool, config.batching, settings)
                 except ConfigurationError:
                     await stages.close()
                     raise

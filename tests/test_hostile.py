@@ -2,7 +2,6 @@
 gets a small 4xx (gRPC INVALID_ARGUMENT or NOT_FOUND) within 10 s that says what is wrong,
 never a 5xx or a dropped connection; valid edge values still come back exact; and after the
 whole corpus, sent at once, the server answers what onnxruntime computes."""
-import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor

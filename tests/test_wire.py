@@ -17,7 +17,7 @@ import pytest
 
 import reference
 from reference import sample_inputs, v2_input
-from server import REPO, Server, copy_model, copy_repository, grpc_calls
+from server import Server, copy_model, copy_repository, grpc_calls
 
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import dataplane_pb2_grpc
