@@ -31,11 +31,10 @@ from .metrics import StepMetrics
 from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
+from .repository import is_npu_runtime
 from .stages import ModelStages
 
 logger = logging.getLogger("mlserver.npu")
-
-RUNTIMES = ("mlserver_npu.NPURuntime", "mlserver_npu.runtime.NPURuntime")
 
 
 def _describe(tensor: MetadataTensor) -> str:
@@ -85,7 +84,7 @@ class Pipeline(MLModel):
             settings = load_model_settings(str(path))
         except (ValidationError, ValueError) as error:
             raise ConfigurationError(f"step '{step.name}': '{path}': {error}") from None
-        if settings.implementation_ not in RUNTIMES:
+        if not is_npu_runtime(settings):
             raise ConfigurationError(
                 f"step '{step.name}': '{path}' has implementation "
                 f"'{settings.implementation_}'; steps are mlserver_npu.NPURuntime models"

@@ -27,7 +27,6 @@ logger = logging.getLogger("mlserver.npu")
 class NPURuntime(MLModel):
     async def load(self) -> bool:
         started = time.perf_counter()
-        self._metrics = ModelMetrics(self.name, self.version)
         try:
             anchor_to_model_folder(self.settings)
             self._stages = await ModelStages.open(self.settings)
@@ -52,6 +51,7 @@ class NPURuntime(MLModel):
             ", ".join(self._stages.pool.devices),
         )
         self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
+        self._metrics = ModelMetrics(self.name, self.version)  # no series for a failed load
         self._metrics.load(time.perf_counter() - started)
         return True
 

@@ -69,6 +69,11 @@ def server_settings(args: argparse.Namespace) -> Settings:
     return Settings(**values)
 
 
+def _same(a: ModelSettings, b: ModelSettings) -> bool:
+    """Versions of one name are MLServer's; a name without a version is one model."""
+    return a.name == b.name and (a.version == b.version or None in (a.version, b.version))
+
+
 def _models(repository: PathsRepository) -> Tuple[List[ModelSettings], List[str]]:
     models: List[ModelSettings] = []
     problems: List[str] = []
@@ -76,11 +81,19 @@ def _models(repository: PathsRepository) -> Tuple[List[ModelSettings], List[str]
         units = repository.units()
     except RepositoryError as error:
         return models, [str(error)]
+    paths: List[Path] = []
     for unit in units:
         try:
-            models.append(repository.read(unit))
+            settings = repository.read(unit)
         except RepositoryError as error:
             problems.append(str(error))
+            continue
+        twin = next((path for path, model in zip(paths, models) if _same(model, settings)), None)
+        if twin is not None:
+            problems.append(f"'{twin}' and '{unit.path}' are both model '{settings.name}'")
+            continue
+        paths.append(unit.path)
+        models.append(settings)
     return models, problems
 
 
