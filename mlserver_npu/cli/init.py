@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a local file, or an http(s):// or s3:// URI")
     parser.add_argument("--into", type=Path, help="the folder to write (default: ./NAME)")
     parser.add_argument("--name", help="model name (default: the --into folder's name, else "
-                                       "the file's stem)")
+                                       "the file's name as serve gives it)")
     add_extra_arguments(parser)
     parser.add_argument("--preprocess", choices=sorted(PRESETS), metavar="PRESET",
                         help=f"image preprocessing preset ({', '.join(sorted(PRESETS))})")

@@ -155,7 +155,8 @@ HELP = "serve model files, model folders or repositories (no JSON needed for a f
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="a model file (.onnx, .tflite), a model folder or a repository")
-    parser.add_argument("--name", help="model name for a single model file (default: its stem)")
+    parser.add_argument("--name", help="model name for a single model file (default: its stem; "
+                                       "its folder's name for a model.* file)")
     add_extra_arguments(parser)
     parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     parser.add_argument("--http-port", type=int, help="REST port (default 8080)")
