@@ -265,12 +265,6 @@ def main():
     x, y = load_digits(return_X_y=True)
     make_digits_tflite(weights, bias, x, y)
     make_digits_uint8(weights, bias, x, y)
-    # one source of truth for the server settings, as for the top-level settings.json
-    link = os.path.join(TFLITE_REPO, "settings.json")
-    if not os.path.islink(link):
-        if os.path.exists(link):
-            os.remove(link)
-        os.symlink(os.path.relpath(os.path.join(MODELS, "settings.json"), TFLITE_REPO), link)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,12 @@ from .metrics import StepMetrics, stage
 from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
+from .repository import is_npu_runtime
 from .served import ServedModel
 from .stages import ModelStages
 from .tensors import describe, match_inputs
 
 logger = logging.getLogger("mlserver.npu")
-
-RUNTIMES = ("mlserver_npu.NPURuntime", "mlserver_npu.runtime.NPURuntime")
 
 
 class Pipeline(ServedModel):
@@ -87,7 +86,7 @@ class Pipeline(ServedModel):
             settings = load_model_settings(str(path))
         except (ValidationError, ValueError) as error:
             raise ConfigurationError(f"step '{step.name}': '{path}': {error}") from None
-        if settings.implementation_ not in RUNTIMES:
+        if not is_npu_runtime(settings):
             raise ConfigurationError(
                 f"step '{step.name}': '{path}' has implementation "
                 f"'{settings.implementation_}'; steps are mlserver_npu.NPURuntime models"

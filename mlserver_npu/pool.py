@@ -55,9 +55,14 @@ class SessionPool:
         self.sessions = sessions
         self.in_flight = [0] * len(sessions)
         self.batch_size = static_batch(sessions[0].inputs, sessions[0].outputs)
-        self._metrics = SessionMetrics(model_name, model_version, self.devices)
-        self._model_metrics = ModelMetrics(model_name, model_version)
+        self._labels = (model_name, model_version)
         self._drain = Drain(model_name)
+
+    def publish_metrics(self) -> None:
+        """Create the pool's metric series: once its model has loaded, so that a failed load
+        leaves none. Runs before it (warm-up) are not counted."""
+        self._metrics = SessionMetrics(*self._labels, self.devices)
+        self._model_metrics = ModelMetrics(*self._labels)
 
     @property
     def inputs(self) -> List[TensorSpec]:

@@ -21,23 +21,36 @@ from .settings import BACKEND_BY_SUFFIX
 logger = logging.getLogger("mlserver.npu")
 
 IMPLEMENTATION = "mlserver_npu.NPURuntime"
+# The names a model-settings.json can give NPURuntime by.
+RUNTIMES = (IMPLEMENTATION, "mlserver_npu.runtime.NPURuntime")
+
+
+def is_npu_runtime(settings: ModelSettings) -> bool:
+    return settings.implementation_ in RUNTIMES
 
 
 class RepositoryError(ValueError):
     """A PATH that holds no model, or a model-settings.json that cannot be read."""
 
 
+def file_model_name(path: Path) -> str:
+    """The name of a model served from a bare file: its stem, or its folder's name for a
+    file named `model.*` (as MLServer names a folder's model)."""
+    folder = path.resolve().parent.name
+    return folder if path.stem == "model" and folder else path.stem
+
+
 def file_model_settings(
     path: Path, name: Optional[str] = None, extra: Optional[Dict[str, Any]] = None
 ) -> ModelSettings:
-    """A model served from a bare file, named after its stem unless `name` is given."""
+    """A model served from a bare file, named by `file_model_name` unless `name` is given."""
     if path.suffix.lower() not in BACKEND_BY_SUFFIX:
         raise RepositoryError(
             f"'{path}': not a model file this plugin knows "
             f"({', '.join(BACKEND_BY_SUFFIX)}), nor a folder"
         )
     return ModelSettings(
-        name=name or path.stem,
+        name=name or file_model_name(path),
         implementation=IMPLEMENTATION,
         parameters=ModelParameters(uri=str(path.resolve()), extra=dict(extra or {})),
     )
@@ -73,7 +86,7 @@ class Unit:
         if self.settings_file is None:
             return file_model_settings(self.path, name, extra)
         settings = folder_model_settings(self.settings_file)
-        if extra and settings.implementation_ == IMPLEMENTATION:
+        if extra and is_npu_runtime(settings):
             parameters = settings.parameters or ModelParameters()
             parameters.extra = {**(parameters.extra or {}), **extra}
             settings.parameters = parameters

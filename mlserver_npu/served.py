@@ -19,9 +19,9 @@ class ServedModel(MLModel):
         """Around `load`: once the body succeeds, the model takes the zero-copy path and its
         load time is observed."""
         started = time.perf_counter()
-        self._metrics = ModelMetrics(self.name, self.version)
         yield
         self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
+        self._metrics = ModelMetrics(self.name, self.version)  # no series for a failed load
         self._metrics.load(time.perf_counter() - started)
 
     def unserve(self) -> None:

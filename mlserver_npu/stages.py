@@ -80,6 +80,7 @@ class ModelStages:
                     raise
         except (BackendError, SourceError, ConfigurationError) as error:
             raise ModelLoadError(name, str(error)) from error
+        stages.pool.publish_metrics()
         return stages
 
     def input_decoder(self, names: Sequence[str]) -> InputDecoder:

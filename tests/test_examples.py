@@ -57,3 +57,10 @@ def test_the_pinned_and_quoted_digests_are_the_committed_files():
         re.S,
     )
     assert quoted == [digits]
+
+
+def test_example_repositories_have_settings_that_survive_a_copy():
+    """README: copy a repository folder; the shipped settings turn gzip off."""
+    for path in sorted((REPO / "examples").glob("*/settings.json")):
+        assert not path.is_symlink(), path  # a relative link breaks in a copy
+        assert json.loads(path.read_text())["gzip_enabled"] is False, path

@@ -73,7 +73,17 @@ def test_inspect_a_broken_folder_says_why_as_a_load_would(tmp_path):
     assert completed.returncode == 1
     assert report["valid"] is False
     assert "unknown key 'parameters.extra.sesions'" in report["error"]
-    assert "unknown key 'parameters.extra.sesions'" in completed.stderr
+    # said once: not also by the runtime's log of the failed load
+    assert completed.stderr.count("unknown key 'parameters.extra.sesions'") == 1, completed.stderr
+
+    compiled = cli("compile", folder)
+    assert compiled.returncode == 1
+    assert "FAILED" in compiled.stdout and "sesions" in compiled.stdout
+    assert "sesions" not in compiled.stderr, compiled.stderr
+    written = cli("init", MODEL_REPOSITORY / "digits" / "model.onnx", "--into",
+                  tmp_path / "new", "--device", "warp-drive")
+    assert written.returncode == 1
+    assert written.stderr.count("unknown onnxruntime device 'warp-drive'") == 1, written.stderr
 
     text = cli("inspect", tmp_path / "nothing-here")
     assert text.returncode == 1 and "does not exist" in text.stdout
@@ -147,6 +157,14 @@ def test_init_writes_a_folder_that_mlserver_start_serves(tmp_path):
     assert confirmed.returncode == 0, confirmed.stderr
     assert _settings_of(repository / "photo")["name"] == "photo"
 
+    # a static batch: the plugin's batcher fills it, not MLServer's adaptive batching
+    b4 = MODEL_REPOSITORY / "digits-b4" / "model.onnx"
+    static = cli("init", b4, "--into", repository / "b4")
+    assert static.returncode == 0, static.stderr
+    settings = _settings_of(repository / "b4")
+    assert settings["parameters"]["extra"]["batching"] == {"max_batch_size": 4, "max_delay_ms": 2}
+    assert "max_batch_size" not in settings and "max_batch_time" not in settings
+
     server = Server.start(repository, tmp_path)
     try:
         pixels = reference.digits(4)
@@ -155,6 +173,15 @@ def test_init_writes_a_folder_that_mlserver_start_serves(tmp_path):
         served = {o["name"]: o["data"] for o in response.json()["outputs"]}
         expected = reference.run("digits", {"input": pixels})
         np.testing.assert_array_equal(served["label"], expected["label"])
+
+        pixels = reference.digits(4, offset=8)
+        response = server.infer("b4", [v2_input("input", pixels)])
+        assert response.status_code == 200, response.text
+        served = {o["name"]: o["data"] for o in response.json()["outputs"]}
+        expected = reference.run("digits-b4", {"input": pixels})
+        np.testing.assert_array_equal(served["label"], expected["label"])
+        np.testing.assert_array_equal(np.reshape(served["probabilities"], (4, 10)),
+                                      expected["probabilities"])
 
         metadata = server.http.get("/v2/models/photo").json()
         assert metadata["inputs"][0]["parameters"]["content_type"] == "image"

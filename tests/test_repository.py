@@ -107,6 +107,8 @@ BROKEN = [
      ["device 'cuda:0'", "CUDAExecutionProvider", "available providers", "CPUExecutionProvider"]),
     ("unknown-device", {"device": "warp-drive"}, GOOD_MODEL, "./model.onnx",
      ["unknown onnxruntime device 'warp-drive'", "openvino"]),
+    ("preprocess-mismatch", {"preprocess": "imagenet"}, GOOD_MODEL, "./model.onnx",
+     ["preprocess"]),
 ]
 
 
@@ -123,6 +125,11 @@ def test_a_broken_folder_fails_its_load_with_a_reason(live, case):
     assert _index(live)[name]["state"] != "READY"
     _infer_digits(live)
     assert live.http.get("/v2/health/live").status_code == 200
+    # no metric series for a model that never loaded
+    left = [metric for metric, samples in live.metrics().items()
+            if metric.startswith("mlserver_npu_")
+            and any(dict(labels).get("model_name") == name for labels in samples)]
+    assert left == [], left
 
 
 def test_fallback_to_cpu_loads_on_cpu(live):

@@ -12,7 +12,7 @@ import pytest
 
 import reference
 from reference import v2_input
-from server import MODEL_REPOSITORY, TFLITE_REPOSITORY, Serve, cli, grpc_calls
+from server import MODEL_REPOSITORY, TFLITE_REPOSITORY, Serve, cli, copy_model, grpc_calls
 from test_tflite import litert
 
 IMAGE = MODEL_REPOSITORY.parent / "examples" / "images" / "digit-7.png"
@@ -20,14 +20,20 @@ IMAGE = MODEL_REPOSITORY.parent / "examples" / "images" / "digit-7.png"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """Two bare files (named after their stems) and a repository, in one `serve`."""
+    """Three bare files (named after their stems, `mlp/model.onnx` after its folder) and a
+    repository, in one `serve`."""
     root = tmp_path_factory.mktemp("serve")
     shutil.copy(MODEL_REPOSITORY / "digits" / "model.onnx", root / "logreg.onnx")
     shutil.copy(TFLITE_REPOSITORY / "digits-uint8" / "model.tflite", root / "logreg-lite.tflite")
+    (root / "mlp").mkdir()
+    shutil.copy(MODEL_REPOSITORY / "digits-mlp" / "model.onnx", root / "mlp" / "model.onnx")
     repository = root / "repository"
     for model in ["digits", "digits-image"]:
         shutil.copytree(MODEL_REPOSITORY / model, repository / model)
-    running = Serve.start([root / "logreg.onnx", root / "logreg-lite.tflite", repository], root)
+    running = Serve.start(
+        [root / "logreg.onnx", root / "logreg-lite.tflite", root / "mlp" / "model.onnx",
+         repository], root,
+    )
     yield running
     running.stop()
 
@@ -39,7 +45,7 @@ def test_serve_prints_where_it_serves(served):
     log = served.log()
     rows = [line.split() for line in log.splitlines()]
     rest = f"http://127.0.0.1:{served.http_port}"
-    for model in ["logreg", "logreg-lite", "digits", "digits-image"]:
+    for model in ["logreg", "logreg-lite", "mlp", "digits", "digits-image"]:
         assert [model, f"{rest}/v2/models/{model}/infer"] in rows, log
     for line in [
         f"REST     http://127.0.0.1:{served.http_port}  (API docs: "
@@ -51,8 +57,14 @@ def test_serve_prints_where_it_serves(served):
     assert served.http.get("/v2/docs").status_code == 200
     index = served.http.post("/v2/repository/index", json={}).json()
     assert sorted(item["name"] for item in index) == [
-        "digits", "digits-image", "logreg", "logreg-lite"
+        "digits", "digits-image", "logreg", "logreg-lite", "mlp"
     ]
+    pixels = reference.digits(3)
+    response = served.infer("mlp", [v2_input("input", pixels)])
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    np.testing.assert_array_equal(outputs["label"],
+                                  reference.run("digits-mlp", {"input": pixels})["label"])
 
 
 def test_a_bare_onnx_file_over_rest_and_grpc_equals_onnxruntime(served):
@@ -160,6 +172,38 @@ def test_serve_refuses_a_path_without_a_model(tmp_path, name, expected):
     completed = cli("serve", tmp_path / name, cwd=tmp_path)
     assert completed.returncode == 2
     assert expected in completed.stderr, completed.stderr
+
+
+def test_serve_refuses_two_models_of_one_name_naming_both(tmp_path):
+    folder = shutil.copytree(MODEL_REPOSITORY / "digits", tmp_path / "repository" / "digits")
+    completed = cli("serve", MODEL_REPOSITORY / "digits" / "model.onnx", tmp_path / "repository",
+                    cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    assert (f"'{MODEL_REPOSITORY / 'digits' / 'model.onnx'}' and '{folder}' are both model "
+            "'digits'") in completed.stderr
+
+
+def test_serve_device_reaches_every_npu_runtime_spelling(tmp_path):
+    repository = tmp_path / "repository"
+    for model, implementation in [("short", "mlserver_npu.NPURuntime"),
+                                  ("long", "mlserver_npu.runtime.NPURuntime")]:
+        copy_model(MODEL_REPOSITORY / "digits", repository, model, implementation=implementation)
+    completed = cli("serve", repository, "--device", "warp-drive", "--host", "127.0.0.1",
+                    "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+                    cwd=tmp_path, timeout=90)
+    assert completed.returncode == 1, completed.stderr
+    for model in ["short", "long"]:
+        assert (f"model '{model}' failed to load: unknown onnxruntime device 'warp-drive'"
+                in completed.stderr), completed.stderr
+
+
+def test_compile_skips_hidden_folders_as_serve_does(tmp_path):
+    repository = tmp_path / "repository"
+    copy_model(MODEL_REPOSITORY / "digits", repository, "digits")
+    copy_model(MODEL_REPOSITORY / "digits", repository, ".being-copied")  # mid `cp -r; mv`
+    completed = cli("compile", repository, "--json")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert [report["model"] for report in json.loads(completed.stdout)] == ["digits"]
 
 
 def test_the_grafana_dashboard_queries_metrics_the_server_publishes(served):

@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from ..repository import units
+from .inspect import failure_reported_here
+
 NAME = "compile"
 HELP = "fill the compiled-model caches of model folders ahead of time"
 
@@ -32,16 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_files(folders: List[Path]) -> List[Path]:
-    """The model-settings.json of each folder, or those found under it."""
-    found: List[Path] = []
+    """The model-settings.json of each folder, or those found under it as `serve` finds them."""
     for folder in folders:
-        if (folder / SETTINGS).is_file():
-            found.append(folder / SETTINGS)
-        elif folder.is_dir():
-            found.extend(sorted(folder.rglob(SETTINGS)))
-        else:
+        if not folder.is_dir():
             raise FileNotFoundError(f"'{folder}' is not a folder")
-    return found
+    return [unit.settings_file for unit in units(folders) if unit.settings_file]
 
 
 async def compile_model(path: Path) -> Dict[str, Any]:
@@ -62,7 +60,8 @@ async def compile_model(path: Path) -> Dict[str, Any]:
     model = implementation(settings)
     start = time.perf_counter()
     try:
-        await model.load()
+        with failure_reported_here():
+            await model.load()
         parameters = (await model.metadata()).parameters
         # A pipeline loads (compiles) each model step as that step's own folder would.
         steps = model.describe_steps() if isinstance(model, Pipeline) else None

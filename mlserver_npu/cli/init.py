@@ -13,13 +13,11 @@ from typing import Any, Dict, List, Optional
 
 from mlserver.settings import ModelParameters, ModelSettings
 
+from ..batcher import BatchingSettings
 from ..processing.preprocess import PRESETS
-from ..repository import IMPLEMENTATION, RepositoryError, file_model_settings
+from ..repository import IMPLEMENTATION, RepositoryError, file_model_name, file_model_settings
 from .inspect import describe
 from .serve import add_extra_arguments, extra_of
-
-# MLServer's adaptive batching fills a static batch within this many seconds.
-STATIC_BATCH_WAIT = 0.005
 
 
 def suggest_preprocess(inputs: List[Dict[str, Any]]) -> Optional[str]:
@@ -41,9 +39,10 @@ def suggest_preprocess(inputs: List[Dict[str, Any]]) -> Optional[str]:
 
 
 def _settings(name: str, uri: str, extra: Dict[str, Any], report: Dict[str, Any]) -> dict:
-    settings: Dict[str, Any] = {"name": name, "implementation": IMPLEMENTATION}
     if report["static_batch"]:
-        settings.update(max_batch_size=report["static_batch"], max_batch_time=STATIC_BATCH_WAIT)
+        batching = BatchingSettings(max_batch_size=report["static_batch"])
+        extra = {**extra, "batching": batching.model_dump(exclude_none=True)}
+    settings: Dict[str, Any] = {"name": name, "implementation": IMPLEMENTATION}
     settings["parameters"] = {"uri": uri, "extra": extra}
     settings["inputs"] = _metadata_tensors(report["inputs"])
     settings["outputs"] = _metadata_tensors(report["outputs"])
@@ -69,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a local file, or an http(s):// or s3:// URI")
     parser.add_argument("--into", type=Path, help="the folder to write (default: ./NAME)")
     parser.add_argument("--name", help="model name (default: the --into folder's name, else "
-                                       "the file's stem)")
+                                       "the file's name as serve gives it)")
     add_extra_arguments(parser)
     parser.add_argument("--preprocess", choices=sorted(PRESETS), metavar="PRESET",
                         help=f"image preprocessing preset ({', '.join(sorted(PRESETS))})")
@@ -85,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     remote = "://" in args.model and not args.model.startswith("file://")
     source = Path(args.model.removeprefix("file://"))
     # As MLServer names a folder's model: after the folder (a file is often just model.onnx).
-    name = args.name or (args.into.resolve().name if args.into else Path(args.model).stem)
+    name = args.name or (args.into.resolve().name if args.into else file_model_name(source))
     folder: Path = args.into or Path(name)
     settings_file = folder / "model-settings.json"
     if settings_file.exists() and not args.force:
@@ -118,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"Wrote {settings_file} for model '{name}' ({report['backend']}, "
           f"{report['size']} bytes)")
     if report["static_batch"]:
-        print(f"Static batch {report['static_batch']}: MLServer's adaptive batching fills it "
-              f"(max_batch_size {report['static_batch']}, max_batch_time {STATIC_BATCH_WAIT})")
+        batching = json.dumps(written["parameters"]["extra"]["batching"])
+        print(f"Static batch {report['static_batch']}: the plugin's batcher fills it with "
+              f"concurrent requests (parameters.extra.batching {batching})")
     suggestion = None if args.preprocess else suggest_preprocess(report["inputs"])
     if suggestion:
         print(f"Its input looks like an image: to send encoded images, confirm the suggested "

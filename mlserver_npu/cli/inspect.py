@@ -6,10 +6,12 @@ warm-up), described from its metadata, and unloaded; nothing is served.
 """
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from mlserver.settings import ModelSettings
 
@@ -30,6 +32,22 @@ def _tensors(tensors: Optional[List[Any]]) -> List[Dict[str, Any]]:
     return described
 
 
+@contextlib.contextmanager
+def failure_reported_here() -> Iterator[None]:
+    """Around a load whose failure the command prints itself: without the runtime's log of
+    that failure (its ERROR records), so that it is printed once."""
+    npu = logging.getLogger("mlserver.npu")
+
+    def below_error(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    npu.addFilter(below_error)
+    try:
+        yield
+    finally:
+        npu.removeFilter(below_error)
+
+
 async def describe(settings: ModelSettings) -> Dict[str, Any]:
     """{"name", "valid", ...}: the signature, file and devices of a model that loads (of a
     pipeline: its signature and steps), or {"valid": False, "error": reason} for one that
@@ -43,7 +61,8 @@ async def describe(settings: ModelSettings) -> Dict[str, Any]:
                 "(mlserver_npu.NPURuntime or mlserver_npu.Pipeline)"
             )
         model = implementation(settings)
-        await model.load()
+        with failure_reported_here():
+            await model.load()
     except Exception as error:
         reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
         return {**report, "valid": False, "error": reason}

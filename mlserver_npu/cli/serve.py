@@ -69,6 +69,11 @@ def server_settings(args: argparse.Namespace) -> Settings:
     return Settings(**values)
 
 
+def _same(a: ModelSettings, b: ModelSettings) -> bool:
+    """Versions of one name are MLServer's; a name without a version is one model."""
+    return a.name == b.name and (a.version == b.version or None in (a.version, b.version))
+
+
 def _models(repository: PathsRepository) -> Tuple[List[ModelSettings], List[str]]:
     models: List[ModelSettings] = []
     problems: List[str] = []
@@ -76,11 +81,19 @@ def _models(repository: PathsRepository) -> Tuple[List[ModelSettings], List[str]
         units = repository.units()
     except RepositoryError as error:
         return models, [str(error)]
+    paths: List[Path] = []
     for unit in units:
         try:
-            models.append(repository.read(unit))
+            settings = repository.read(unit)
         except RepositoryError as error:
             problems.append(str(error))
+            continue
+        twin = next((path for path, model in zip(paths, models) if _same(model, settings)), None)
+        if twin is not None:
+            problems.append(f"'{twin}' and '{unit.path}' are both model '{settings.name}'")
+            continue
+        paths.append(unit.path)
+        models.append(settings)
     return models, problems
 
 
@@ -142,7 +155,8 @@ HELP = "serve model files, model folders or repositories (no JSON needed for a f
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="a model file (.onnx, .tflite), a model folder or a repository")
-    parser.add_argument("--name", help="model name for a single model file (default: its stem)")
+    parser.add_argument("--name", help="model name for a single model file (default: its stem; "
+                                       "its folder's name for a model.* file)")
     add_extra_arguments(parser)
     parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     parser.add_argument("--http-port", type=int, help="REST port (default 8080)")
