@@ -7,7 +7,7 @@ Each device run records its request rows (padding excluded) in `mlserver_npu_bat
 """
 import asyncio
 import dataclasses
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -57,12 +57,20 @@ class SessionPool:
         self.batch_size = static_batch(sessions[0].inputs, sessions[0].outputs)
         self._labels = (model_name, model_version)
         self._drain = Drain(model_name)
+        self._metrics: Optional[Tuple[SessionMetrics, ModelMetrics]] = None
+
+    def _series(self) -> Tuple[SessionMetrics, ModelMetrics]:
+        """The pool's metric series, created once its model has loaded (`publish_metrics`)
+        or at its first run after warm-up: a model whose load failed leaves none."""
+        if self._metrics is None:
+            self._metrics = (
+                SessionMetrics(*self._labels, self.devices), ModelMetrics(*self._labels)
+            )
+        return self._metrics
 
     def publish_metrics(self) -> None:
-        """Create the pool's metric series: once its model has loaded, so that a failed load
-        leaves none. Runs before it (warm-up) are not counted."""
-        self._metrics = SessionMetrics(*self._labels, self.devices)
-        self._model_metrics = ModelMetrics(*self._labels)
+        """Show every session's series (at 0) from the end of a successful load."""
+        self._series()
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -125,14 +133,15 @@ class SessionPool:
         """One device run; `rows` of its batch are the requests' (the rest is padding)."""
         # min() keeps the first of equals, so an idle pool always starts at session 0.
         index = min(range(len(self.sessions)), key=self.in_flight.__getitem__)
+        sessions, model = self._series()
         self.in_flight[index] += 1
-        self._metrics.started(index)
-        self._model_metrics.rows(rows)
+        sessions.started(index)
+        model.rows(rows)
         try:
             return await self.sessions[index].run(feeds)
         finally:
             self.in_flight[index] -= 1
-            self._metrics.finished(index)
+            sessions.finished(index)
 
     async def warm_up(self) -> None:
         """One batch of zeros on every session (outside the metrics), so that first-run costs
