@@ -98,6 +98,13 @@ class NPUSettings(BaseModel):
             devices.append(part)
         return devices
 
+    def max_batch_rows(self, adaptive: Optional[int]) -> Optional[int]:
+        """The most rows one device run gets: the batcher's `max_batch_size`, else MLServer's
+        adaptive batching's (`adaptive`, which counts requests of one row each at best)."""
+        if self.batching is not None and self.batching.max_batch_size:
+            return self.batching.max_batch_size
+        return adaptive
+
     def backend_for(self, model_path: Path) -> Backend:
         """`backend` if given, else the one the device string names, else the file suffix's."""
         if self.backend:

@@ -119,7 +119,9 @@ class ModelStages:
             # The context gives backends the model-level facts their defaults depend on.
             options = backend.Options.model_validate(
                 config.options,
-                context={"sessions": config.sessions, "max_batch_size": settings.max_batch_size},
+                context={"sessions": config.sessions, "max_batch_size": config.max_batch_rows(
+                    settings.max_batch_size
+                )},
             )
         except ValidationError as error:
             raise ModelLoadError(

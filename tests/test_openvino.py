@@ -290,13 +290,16 @@ def test_fallback_to_cpu_when_the_npu_is_missing(ovserver):
 
 def test_npu_devices_get_a_static_batch(ovserver):
     """A device list with NPU applies the NPU rule (AUTO:NPU,CPU executes on the CPU here):
-    the dynamic batch axis becomes MLServer's max_batch_size (else 1), and the pool splits and
-    pads requests of any size."""
+    the dynamic batch axis becomes the batcher's or MLServer's max_batch_size (else 1), and the
+    pool splits and pads requests of any size."""
     source = MODEL_REPOSITORY / "digits-temperature"
     copy_model(source, ovserver.repository, "npu-b1", {"device": "AUTO:NPU,CPU", "options": F32})
     copy_model(source, ovserver.repository, "npu-b4", {"device": "AUTO:NPU,CPU", "options": F32},
                max_batch_size=4, max_batch_time=0.001)
-    for name, batch in [("npu-b1", 1), ("npu-b4", 4)]:
+    # the plugin's batcher sets the batch the same way
+    copy_model(source, ovserver.repository, "npu-b8", {"device": "AUTO:NPU,CPU", "options": F32,
+                                                       "batching": {"max_batch_size": 8}})
+    for name, batch in [("npu-b1", 1), ("npu-b4", 4), ("npu-b8", 8)]:
         load(ovserver, name)
         metadata = ovserver.http.get(f"/v2/models/{name}").json()
         assert metadata["parameters"]["static_batch"] == batch
@@ -307,7 +310,7 @@ def test_npu_devices_get_a_static_batch(ovserver):
     # start-up fallback to the CPU would write it later, into the staging folder)
     root = ovserver.cache / "compiled" / "openvino"
     entries = [p for p in root.iterdir() if p.name.startswith("AUTO_NPU_CPU-")]
-    assert len(entries) == 2 and all(list(p.glob("*.blob")) for p in entries), entries
+    assert len(entries) == 3 and all(list(p.glob("*.blob")) for p in entries), entries
     assert not list((root / ".staging").rglob("*"))
 
 

@@ -52,7 +52,8 @@ class TensorSpec:
 
 def context_batch(context: Optional[Mapping[str, Any]]) -> int:
     """The static batch for devices that need static shapes (NPUs), from the validation
-    context the runtime gives backend options: the model's `max_batch_size`, else 1."""
+    context the runtime gives backend options: the most rows a run gets (the batcher's or
+    MLServer's `max_batch_size`), else 1."""
     return max((context or {}).get("max_batch_size") or 1, 1)
 
 
