@@ -12,10 +12,9 @@ from mlserver.types import (
 )
 
 from . import wire
-from .errors import ModelLoadError, ModelUnloaded
+from .errors import ModelUnloaded
 from .served import ServedModel
 from .single_model import anchor_to_model_folder
-from .sources.redact import redact_text
 from .stages import ModelStages
 
 logger = logging.getLogger("mlserver.npu")
@@ -24,21 +23,8 @@ logger = logging.getLogger("mlserver.npu")
 class NPURuntime(ServedModel):
     async def load(self) -> bool:
         with self.loading():
-            try:
-                anchor_to_model_folder(self.settings)
-                self._stages = await ModelStages.open(self.settings)
-            except ModelLoadError as error:
-                # MLServer itself logs only "Couldn't load model 'x'" at INFO: the reason goes
-                # here.
-                logger.error("%s", redact_text(str(error)))
-                raise
-            except Exception as error:
-                logger.error(
-                    "Model '%s' could not be loaded: %s",
-                    self.name, redact_text(f"{type(error).__name__}: {error}"),
-                )
-                logger.debug("Traceback of the failed load of '%s'", self.name, exc_info=True)
-                raise
+            anchor_to_model_folder(self.settings)
+            self._stages = await ModelStages.open(self.settings)
             if not self.settings.inputs:
                 self.inputs = self._stages.inputs.metadata()
             if not self.settings.outputs:

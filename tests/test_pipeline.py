@@ -340,7 +340,9 @@ def test_a_bad_pipeline_fails_the_load_naming_the_step(live, case):
             "parameters": {"uri": "../digits/model.onnx", "extra": {"sesions": 2}}})
         _write(live.repository / "foreign", {
             "name": "foreign", "implementation": "mlserver_sklearn.SKLearnModel"})
-    live.assert_load_fails(f"bad-{name}", words)
+    message = live.assert_load_fails(f"bad-{name}", words)
+    # the reason is in the server log too, at ERROR (MLServer logs only "Couldn't load" at INFO)
+    assert f"ERROR - {message}" in live.log()
     pixels = reference.digits(2)
     raw = _served(live, "digits-ensemble", [v2_input("input", pixels)], RAW)["probabilities"]
     assert _array(raw).shape == (2, 10)
