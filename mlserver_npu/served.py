@@ -4,12 +4,12 @@ request and load metrics (metrics.py), and streams answered request by request."
 import logging
 import time
 from contextlib import contextmanager
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
 
-from . import wire
+from . import rest, wire
 from .errors import ModelLoadError
 from .metrics import ModelMetrics
 from .settings import NPUEnvironment
@@ -19,6 +19,11 @@ logger = logging.getLogger("mlserver.npu")
 
 
 class ServedModel(MLModel):
+    def __init__(self, *args: Any, **kwargs: Any):
+        # Before MLServer's on-load callbacks run, which hand the REST app to rest.py.
+        rest.install(NPUEnvironment.from_env().rest_boundary)
+        super().__init__(*args, **kwargs)
+
     @contextmanager
     def loading(self) -> Iterator[None]:
         """Around `load`: a failure is logged at ERROR with its reason (MLServer itself logs

@@ -1,0 +1,90 @@
+"""The REST boundary: one ASGI layer in front of MLServer's FastAPI app, for what the plugin
+must do to REST requests before MLServer parses them, or to replies after MLServer renders
+them (bounds on bodies, Triton's binary tensor extension, bounded error bodies, load shedding).
+
+Why this module patches MLServer: MLServer 1.7 builds its FastAPI app (`mlserver.rest.app.
+create_app`) before any model is imported and offers no hook to wrap it. Every model load,
+though, passes the model to `RESTServer.add_custom_handlers` (an on-load callback of the model
+registry, called after the model object is created and before its `load`), and that method
+holds the app. `install`, called when a plugin model is created (`ServedModel.__init__`), wraps
+that method once per process; its first call wraps the app's ASGI stack in `LAYERS`, outermost
+first. Each layer is an ASGI middleware class (`Layer(app)`), kept in the module of the concern
+it serves.
+
+As wire.py, the patch is applied only to the MLServer versions whose code it was checked
+against (`SUPPORTED`, and the source fingerprints in `CHECKED`); anything else logs a warning
+and keeps MLServer's REST app as it is. `MLSERVER_NPU_REST_BOUNDARY=0` turns it off.
+"""
+import logging
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import mlserver
+from mlserver.rest.server import RESTServer
+from packaging.version import Version
+from starlette.applications import Starlette
+
+from .wire import SUPPORTED, fingerprint
+
+logger = logging.getLogger("mlserver.npu")
+
+ASGIApp = Callable[..., Any]
+
+# The ASGI middleware classes the boundary puts in front of MLServer's app, outermost first.
+LAYERS: List[Callable[[ASGIApp], ASGIApp]] = []
+
+# What `install` wraps, with the sha256 of its source in MLServer 1.7.1.
+CHECKED: Dict[str, Tuple[Callable[[], Callable], str]] = {
+    "RESTServer.add_custom_handlers": (
+        lambda: RESTServer.add_custom_handlers,
+        "5151a1884ab7f44b456dc903573c6895f8c013abce440b1a7d494a1a4f66944a",
+    ),
+}
+
+_installed: Optional[bool] = None
+
+
+def install(enabled: bool = True) -> bool:
+    """Wrap `RESTServer.add_custom_handlers`, once per process; False when off or unsafe."""
+    global _installed
+    if _installed is None:
+        problem = None if enabled else "MLSERVER_NPU_REST_BOUNDARY=0"
+        problem = problem or _incompatibility()
+        if problem:
+            logger.warning("The plugin's REST boundary is off: %s", problem)
+            _installed = False
+        else:
+            _wrap()
+            _installed = True
+    return _installed
+
+
+def _incompatibility() -> Optional[str]:
+    version = Version(mlserver.__version__)
+    if version not in SUPPORTED:
+        return f"MLServer {version} is outside the versions it was checked against ({SUPPORTED})"
+    for name, (function, expected) in CHECKED.items():
+        if fingerprint(function()) != expected:
+            return f"MLServer's {name} is not the function it was checked against"
+    return None
+
+
+def _wrap() -> None:
+    original = RESTServer.add_custom_handlers
+
+    async def add_custom_handlers(self: RESTServer, model: Any) -> Any:
+        wrap_app(self._app)
+        return await original(self, model)
+
+    add_custom_handlers.__wrapped__ = original  # type: ignore[attr-defined]
+    RESTServer.add_custom_handlers = add_custom_handlers  # type: ignore[method-assign]
+
+
+def wrap_app(app: Starlette) -> None:
+    """Put LAYERS in front of `app`'s middleware stack (built now if it was not yet), once."""
+    if getattr(app, "_npu_boundary", False) or not LAYERS:
+        return
+    stack = app.middleware_stack or app.build_middleware_stack()
+    for layer in reversed(LAYERS):
+        stack = layer(stack)
+    app.middleware_stack = stack
+    app._npu_boundary = True  # type: ignore[attr-defined]
