@@ -14,12 +14,12 @@ from mkdocs.structure.files import File, Files, InclusionLevel
 from mkdocs.structure.pages import Page
 
 LINK = re.compile(r"(\]\()([^)\s#]+)([^)\s]*\))")
-FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+CODE = re.compile(r"^```.*?^```|`[^`\n]*`", re.M | re.S)  # fenced blocks and code spans
 
 
 def _outside_targets(source: Path, docs: Path, repo: Path) -> List[Path]:
     """Existing repository files outside docs/ that the Markdown file `source` links."""
-    text = FENCE.sub("", source.read_text(encoding="utf-8"))
+    text = CODE.sub("", source.read_text(encoding="utf-8"))
     found = []
     for _, target, _ in LINK.findall(text):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("/"):
@@ -64,4 +64,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         copy = docs / path.relative_to(repo)
         return start + os.path.relpath(copy, here).replace(os.sep, "/") + rest
 
-    return LINK.sub(relink, markdown)
+    parts, start = [], 0
+    for code in CODE.finditer(markdown):  # code is shown as written
+        parts += [LINK.sub(relink, markdown[start:code.start()]), code.group(0)]
+        start = code.end()
+    return "".join(parts) + LINK.sub(relink, markdown[start:])
