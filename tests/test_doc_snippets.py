@@ -2,7 +2,8 @@
 repository, and print what the page says they print: in README.md and every docs/*.md page,
 every python block that talks to `localhost:8080`/`8081`, and every `$ python examples/...`
 command of a client script (one with a `--url` option). A snippet shown on two pages (README's
-quick start is also the site's home page) runs once."""
+quick start is also the site's home page) runs once. The server runs as after README's
+`pip install -e .`: the packages only the extras install cannot be imported in it."""
 import re
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from server import REPO
+import base_install
+from server import REPO, Server, copy_repository, server_env
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
@@ -71,6 +73,16 @@ def _commands() -> Dict[Tuple[str, str], str]:
 COMMANDS = _commands()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The example repository served by a server that sees only the base install."""
+    root = tmp_path_factory.mktemp("server")
+    repository = copy_repository(root / "model-repository")
+    running = Server.start(repository, root, env=base_install.environment(root / "base"))
+    yield running
+    running.stop()
+
+
 def _run(arguments: List[str]) -> str:
     completed = subprocess.run(
         arguments, cwd=REPO, capture_output=True, text=True, timeout=120
@@ -118,3 +130,15 @@ def test_the_api_docs_pages_readme_names_exist(server):
         assert server.http.get(path).status_code == 200, path
     assert server.http.get("/docs").status_code == 404  # README: "There is no `/docs`"
     assert "swagger" in server.http.get("/v2/docs").text.lower()
+
+
+def test_the_base_install_serves_every_example_model(server, tmp_path):
+    """README: `pip install -e .` alone serves model-repository (onnxruntime on the CPU)."""
+    env = server_env(base_install.environment(tmp_path))
+    for module, importable in (("openvino", False), ("sklearn", False), ("onnxruntime", True)):
+        probe = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, timeout=60)
+        assert (probe.returncode == 0) == importable, module
+    index = server.http.post("/v2/repository/index", json={}).json()
+    folders = {p.parent.name for p in (REPO / "model-repository").glob("*/model-settings.json")}
+    assert {m["name"] for m in index} == folders
+    assert all(m["state"] == "READY" for m in index), index

@@ -49,7 +49,8 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
 
 
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> Optional[str]:
-    """`../examples/x.json` from docs/devices.md -> `examples/x.json`, the copy in the site."""
+    """`../examples/x.json` from docs/devices.md -> `examples/x.json`, the copy in the site;
+    `../docs/requests.md` from bench/README.md -> `../requests.md`, the page."""
     docs, repo = Path(config.docs_dir).resolve(), Path(config.config_file_path).resolve().parent
     source = Path(page.file.abs_src_path)
     here = docs / Path(page.file.src_uri).parent  # where the site places this page
@@ -59,9 +60,9 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         path = Path(os.path.normpath(source.parent / target))
         if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("/"):
             return match.group(0)
-        if not path.is_file() or repo not in path.parents or docs in path.parents:
+        if not path.is_file() or repo not in path.parents:
             return match.group(0)
-        copy = docs / path.relative_to(repo)
+        copy = path if docs in path.parents else docs / path.relative_to(repo)
         return start + os.path.relpath(copy, here).replace(os.sep, "/") + rest
 
     parts, start = [], 0
