@@ -57,3 +57,12 @@ def test_readme_is_a_landing_page():
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 300
     assert 'pip install -e .' in readme and "mlserver start model-repository" in readme
+
+
+def test_readme_quick_start_is_the_site_home_page():
+    """README up to its list of pages is docs/index.md, links aside: one edited, both edited."""
+    def text(markdown: str) -> str:
+        return LINK.sub("]()", markdown).strip()
+
+    readme = (REPO / "README.md").read_text().split("\n## Documentation\n")[0]
+    assert text(readme) == text((REPO / "docs" / "index.md").read_text())
