@@ -1,5 +1,6 @@
 """The documentation site builds with `mkdocs build --strict`: no broken link, anchor or nav
 entry, no page missing from the nav; README's links reach pages and headings that exist."""
+import difflib
 import os
 import re
 import subprocess
@@ -65,4 +66,8 @@ def test_readme_quick_start_is_the_site_home_page():
         return LINK.sub("]()", markdown).strip()
 
     readme = (REPO / "README.md").read_text().split("\n## Documentation\n")[0]
-    assert text(readme) == text((REPO / "docs" / "index.md").read_text())
+    home = (REPO / "docs" / "index.md").read_text()
+    diff = difflib.unified_diff(
+        text(readme).splitlines(), text(home).splitlines(), "README.md", "docs/index.md", lineterm=""
+    )
+    assert text(readme) == text(home), "edit both:\n" + "\n".join(diff)
