@@ -71,3 +71,11 @@ def test_readme_quick_start_is_the_site_home_page():
         text(readme).splitlines(), text(home).splitlines(), "README.md", "docs/index.md", lineterm=""
     )
     assert text(readme) == text(home), "edit both:\n" + "\n".join(diff)
+
+
+def test_readme_links_every_page():
+    """README is where a reader of the repository finds the pages: each one is in its list."""
+    readme = (REPO / "README.md").read_text()
+    linked = {t.partition("#")[0] for t in LINK.findall(readme)}
+    missing = [p.name for p in sorted((REPO / "docs").glob("*.md")) if f"docs/{p.name}" not in linked]
+    assert missing == [], "add to README's Documentation table: " + ", ".join(missing)
