@@ -130,8 +130,9 @@ class Postprocess:
 def registry() -> Dict[str, Type[Postprocess]]:
     """Postprocess types by their `type` name."""
     from .classification import Classification
+    from .detection import Detection
 
-    types = (Classification,)
+    types = (Classification, Detection)
     return {cls.Settings.model_fields["type"].annotation.__args__[0]: cls for cls in types}
 
 
