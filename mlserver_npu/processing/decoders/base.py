@@ -43,6 +43,7 @@ class Decoder:
 
     sources: List[str]  # the model outputs it reads
     classes: Optional[int] = None  # number of classes when known
+    keypoints: int = 0  # points per box in Candidates.keypoints (0: none)
 
     def __init__(
         self, settings: BaseModel, outputs: Sequence[TensorSpec], input_size: Optional[Size]

@@ -165,6 +165,7 @@ class SSDDecoder(Decoder):
             self.coords = max(self.coords, keypoint_end)
         self.box_spec, self.score_spec = self._match(outputs)
         self.sources = [self.box_spec.name, self.score_spec.name]
+        self.keypoints = settings.num_keypoints
         columns = self.score_spec.shape[-1]
         self.classes = None if columns is None else columns
         self._anchors: Dict[Size, np.ndarray] = {}

@@ -74,6 +74,7 @@ class YOLOv8Decoder(Decoder):
             raise shape_error(spec, expected)
         self.spec = spec
         self.sources = [spec.name]
+        self.keypoints = settings.keypoints
         self.extra = settings.keypoints * settings.keypoint_dims
         first, second = spec.shape[1], spec.shape[2]
         self.channels_first: Optional[bool] = {"channels_first": True, "channels_last": False}.get(
