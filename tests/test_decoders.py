@@ -508,3 +508,56 @@ def test_nms_tensors_four_outputs_with_a_count(names, box_format, offset):
                 box = [box[1] * 400, box[0] * 300, box[3] * 400, box[2] * 300]
             expected.append((box, score, cls + offset, []))
     assert_same(result[0], expected)
+
+
+def test_served_nms_in_graph_keeps_overlaps_and_maps_back(make_server, tmp_path):
+    """A TF-style four-tensor head behind a real server: the decoder says NMS is done, so
+    two overlapping boxes of one class both come back; boxes go back through the letterbox
+    to the client's pixels; 1-based TF classes are shifted to the labels."""
+    import base64
+    import io
+
+    from PIL import Image
+    from server import MODEL_REPOSITORY, write_model
+
+    boxes = np.array([[0.25, 0.25, 0.75, 0.75], [0.26, 0.25, 0.76, 0.75], [0, 0, 0.1, 0.1]])
+    heads = {
+        "detection_boxes": boxes[None].astype(np.float32),
+        "detection_scores": np.array([[0.9, 0.8, 0.2]], np.float32),
+        "detection_classes": np.array([[2, 2, 1]], np.float32),
+        "num_detections": np.array([3], np.float32),
+    }
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    (repository / "settings.json").write_bytes((MODEL_REPOSITORY / "settings.json").read_bytes())
+    extra = {
+        "preprocess": [{"op": "letterbox", "size": [64, 64]}, {"op": "scale", "divisor": 255}],
+        "postprocess": {
+            "type": "detection",
+            "decoder": {"type": "nms_tensors", "class_offset": -1},
+            "labels": ["cat", "dog"],
+            "confidence_threshold": 0.5,
+        },
+    }
+    write_model(repository / "tf-heads", "tf-heads", extra, model=head_model(heads, (64, 64)))
+    server = make_server(repository)
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 96), (40, 90, 200)).save(buffer, format="PNG")  # w 128, h 96
+    image = {
+        "name": "images", "shape": [1], "datatype": "BYTES",
+        "parameters": {"content_type": "image"},
+        "data": [base64.b64encode(buffer.getvalue()).decode()],
+    }
+    response = server.infer("tf-heads", [image])
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["num_detections"]["data"] == [2]
+    # letterbox: scale 0.5, 8 rows of padding above; boxes are y1, x1, y2, x2 of 64x64
+    expected = [
+        [(x1 * 64) / 0.5, (y1 * 64 - 8) / 0.5, (x2 * 64) / 0.5, (y2 * 64 - 8) / 0.5]
+        for y1, x1, y2, x2 in boxes[:2]
+    ]
+    got = np.array(outputs["detection_boxes"]["data"], np.float32).reshape(1, 2, 4)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert outputs["detection_labels"]["data"] == ["dog", "dog"]
+    assert outputs["detection_classes"]["data"] == [1, 1]

