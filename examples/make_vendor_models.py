@@ -15,6 +15,7 @@ with the packages' own pipelines.
 * examples/tflite-repository/face-detection: MediaPipe's BlazeFace short range (faces and 6
   keypoints), from mediapipe 0.10.14: SSD anchors, the `ssd` decoder. TFLite, so it lives in
   the repository that needs LiteRT (`pip install 'mlserver-npu[tflite]'`).
+* examples/images/page.png: a page to try the layout detector on (drawn with OpenCV).
 """
 import argparse
 import hashlib
@@ -232,6 +233,26 @@ def write(model: Vendored, root: Path, cache: Path) -> Path:
     return folder
 
 
+def draw_page():
+    """A 760x1000 page: a title, a paragraph and a ruled table, in OpenCV's Hershey font."""
+    import cv2
+    import numpy as np
+
+    page = np.full((1000, 760, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(page, "Serving Detectors On NPUs", (60, 90), font, 1.4, (0, 0, 0), 3)
+    words = "the server decodes boxes from raw heads and maps them back to the image".split()
+    for line in range(12):
+        text = " ".join(words[(line * 3 + i) % len(words)] for i in range(7))
+        cv2.putText(page, text, (60, 160 + 30 * line), font, 0.7, (0, 0, 0), 1)
+    cv2.rectangle(page, (80, 600), (680, 880), (0, 0, 0), 2)
+    for row in range(1, 5):
+        cv2.line(page, (80, 600 + 56 * row), (680, 600 + 56 * row), (0, 0, 0), 1)
+    for column in range(1, 4):
+        cv2.line(page, (80 + 150 * column, 600), (80 + 150 * column, 880), (0, 0, 0), 1)
+    return page
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="write under this folder")
@@ -239,6 +260,12 @@ def main() -> None:
     args = parser.parse_args()
     for model in MODELS:
         print(write(model, args.root, args.cache))
+    from PIL import Image
+
+    page = args.root / "examples" / "images" / "page.png"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(draw_page()).save(page)
+    print(page)
 
 
 if __name__ == "__main__":
