@@ -1,0 +1,198 @@
+"""Graphs that end with their own NMS: the decoder only thresholds and maps back.
+
+`end2end`: one output [B, K, 6+] of x1, y1, x2, y2, score, class (YOLOv10, Ultralytics'
+`nms=True` exports, RT-DETR's end-to-end exports), padded rows scoring 0.
+`nms_tensors`: the four-tensor form with a count: num_detections [B] (or [B, 1]), boxes
+[B, K, 4], scores [B, K], classes [B, K] (TF Object Detection API, TensorRT EfficientNMS,
+TFLite_Detection_PostProcess).
+"""
+from typing import Dict, List, Literal, Mapping, Optional, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...backends import TensorSpec
+from ...errors import ConfigurationError
+from .base import (
+    BoxFormat,
+    Candidates,
+    Decoder,
+    Size,
+    as_float,
+    input_scale,
+    is_float,
+    looks_normalized,
+    pick_output,
+    shape_error,
+    shape_text,
+    to_corners,
+)
+
+
+class End2EndSettings(BaseModel):
+    """`"decoder": {"type": "end2end", ...}` (also `yolov10`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["end2end", "yolov10"]
+    output: Optional[str] = Field(None, description="default: the only [B, K, 6+] output")
+    box_format: BoxFormat = "xyxy"
+    normalized: Optional[bool] = Field(None, description="default: detected from the values")
+
+
+class End2EndDecoder(Decoder):
+    Settings = End2EndSettings
+    nms_done = True
+
+    def __init__(
+        self, settings: End2EndSettings, outputs: Sequence[TensorSpec], input_size: Optional[Size]
+    ):
+        super().__init__(settings, outputs, input_size)
+        expected = "[batch, detections, 6] (x1, y1, x2, y2, score, class)"
+
+        def fits(s: TensorSpec) -> bool:
+            return len(s.shape) == 3 and is_float(s) and (s.shape[2] is None or s.shape[2] >= 6)
+
+        self.spec = pick_output(outputs, settings.output, fits, expected)
+        if not fits(self.spec):
+            raise shape_error(self.spec, expected)
+        self.sources = [self.spec.name]
+
+    def __call__(
+        self, outputs: Mapping[str, np.ndarray], input_size: Size, confidence_threshold: float
+    ) -> List[Candidates]:
+        results = []
+        for row in np.asarray(outputs[self.spec.name]):
+            kept = row[row[:, 4] > confidence_threshold]
+            boxes = to_corners(kept[:, :4], self.settings.box_format)
+            if _normalized(self.settings.normalized, row[:, :4][row[:, 4] > 0]):
+                boxes = boxes * input_scale(input_size)
+            results.append(
+                Candidates(
+                    boxes.astype(np.float32),
+                    as_float(kept[:, 4]),
+                    np.rint(kept[:, 5]).astype(np.int64),
+                )
+            )
+        return results
+
+
+def _normalized(setting: Optional[bool], boxes: np.ndarray) -> bool:
+    """End-to-end outputs pad with zero rows, and few boxes remain: normalized when all the
+    real boxes are within [0, 1.5] (a detector in pixels is not all in its top-left pixel)."""
+    return looks_normalized(boxes) if setting is None else setting
+
+
+class NMSTensorsSettings(BaseModel):
+    """`"decoder": {"type": "nms_tensors", ...}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["nms_tensors"]
+    num_detections: Optional[str] = Field(None, description="default: the [B] or [B, 1] output")
+    boxes: Optional[str] = Field(None, description="default: the [B, K, 4] output")
+    scores: Optional[str] = Field(None, description="default: by name, else TFLite's order")
+    classes: Optional[str] = Field(None, description="default: by name, else TFLite's order")
+    box_format: BoxFormat = Field(
+        "yxyx", description="yxyx: TF and TFLite (normalized); xyxy: TensorRT EfficientNMS"
+    )
+    normalized: Optional[bool] = Field(None, description="default: detected from the values")
+    class_offset: int = Field(
+        0, description="added to the classes (e.g. -1 for the TF OD API's 1-based ids)"
+    )
+
+
+class NMSTensorsDecoder(Decoder):
+    Settings = NMSTensorsSettings
+    nms_done = True
+
+    def __init__(
+        self,
+        settings: NMSTensorsSettings,
+        outputs: Sequence[TensorSpec],
+        input_size: Optional[Size],
+    ):
+        super().__init__(settings, outputs, input_size)
+        by_name = {s.name: s for s in outputs}
+        chosen: Dict[str, TensorSpec] = {}
+        for key in ("num_detections", "boxes", "scores", "classes"):
+            name = getattr(settings, key)
+            if name is not None:
+                if name not in by_name:
+                    raise ConfigurationError(
+                        f"decoder {key} '{name}' is not an output of the model "
+                        f"({', '.join(repr(n) for n in by_name)})"
+                    )
+                chosen[key] = by_name[name]
+        rest = [s for s in outputs if s not in chosen.values()]
+        found = ", ".join(f"'{s.name}' {shape_text(s.shape)}" for s in outputs)
+        if "boxes" not in chosen:
+            boxes = [s for s in rest if len(s.shape) == 3 and s.shape[2] == 4]
+            if len(boxes) != 1:
+                raise ConfigurationError(
+                    f"cannot tell the boxes output [batch, K, 4] among {found}; name it in the "
+                    "decoder's 'boxes'"
+                )
+            chosen["boxes"] = boxes[0]
+            rest.remove(boxes[0])
+        if "num_detections" not in chosen:
+            counts = [s for s in rest if len(s.shape) == 1 or len(s.shape) == 2 and s.shape[1] == 1]
+            if len(counts) != 1:
+                raise ConfigurationError(
+                    f"cannot tell the num_detections output [batch] among {found}; name it in "
+                    "the decoder's 'num_detections'"
+                )
+            chosen["num_detections"] = counts[0]
+            rest.remove(counts[0])
+        pairs = [s for s in rest if len(s.shape) == 2]
+        for key, words in (("scores", ("score",)), ("classes", ("class", "label"))):
+            if key not in chosen:
+                named = [s for s in pairs if any(w in s.name.lower() for w in words)]
+                if len(named) == 1:
+                    chosen[key] = named[0]
+                    pairs.remove(named[0])
+        missing = [k for k in ("classes", "scores") if k not in chosen]  # TFLite's order
+        if len(missing) > len(pairs):
+            raise ConfigurationError(
+                f"cannot tell the {' and '.join(missing)} outputs [batch, K] among {found}; "
+                "name them in the decoder"
+            )
+        for key, spec in zip(missing, pairs):
+            chosen[key] = spec
+        boxes = chosen["boxes"]
+        if len(boxes.shape) != 3 or boxes.shape[2] != 4:
+            raise shape_error(boxes, "[batch, K, 4]")
+        for key in ("scores", "classes"):
+            spec = chosen[key]
+            rows = (spec.shape[1] if len(spec.shape) == 2 else None, boxes.shape[1])
+            if len(spec.shape) != 2 or None not in rows and rows[0] != rows[1]:
+                raise shape_error(spec, f"[batch, {boxes.shape[1] or 'K'}] like '{boxes.name}'")
+        count = chosen["num_detections"]
+        if len(count.shape) == 2 and count.shape[1] not in (1, None) or len(count.shape) > 2:
+            raise shape_error(count, "[batch] or [batch, 1]")
+        self.specs = chosen
+        self.sources = [chosen[k].name for k in ("num_detections", "boxes", "scores", "classes")]
+
+    def __call__(
+        self, outputs: Mapping[str, np.ndarray], input_size: Size, confidence_threshold: float
+    ) -> List[Candidates]:
+        counts = np.asarray(outputs[self.specs["num_detections"].name]).reshape(-1)
+        boxes = np.asarray(outputs[self.specs["boxes"].name])
+        scores = np.asarray(outputs[self.specs["scores"].name])
+        classes = np.asarray(outputs[self.specs["classes"].name])
+        results = []
+        for row in range(len(boxes)):
+            count = int(min(max(counts[row], 0), boxes.shape[1]))
+            row_scores = as_float(scores[row, :count])
+            kept = np.flatnonzero(row_scores > confidence_threshold)
+            corners = to_corners(boxes[row, kept], self.settings.box_format)
+            if _normalized(self.settings.normalized, boxes[row, :count]):
+                corners = corners * input_scale(input_size)
+            results.append(
+                Candidates(
+                    corners.astype(np.float32),
+                    row_scores[kept],
+                    np.rint(classes[row, kept]).astype(np.int64) + self.settings.class_offset,
+                )
+            )
+        return results
