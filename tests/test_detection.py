@@ -6,6 +6,7 @@ with OpenCV, a YOLOv8 decode, a greedy NMS and Ultralytics' scale_boxes, all in 
 Also: the preprocessing ops that keep geometry (letterbox, resize_to_multiple, BGR, OpenCV
 resampling) against OpenCV, the warm-up of models with a dynamic height and width, per-request
 thresholds, drawn images, and configurations that cannot work."""
+import base64
 import io
 import json
 import shutil
@@ -23,6 +24,7 @@ from PIL import Image
 from images import b64, encode, photo
 from reference import identity_model
 from server import REPO, Server, copy_repository, grpc_calls, write_model
+from vision_reference import greedy_nms, grpc_outputs, letterbox, rest_outputs
 
 sys.path.insert(0, str(REPO / "examples"))
 import make_detection_models as detector  # noqa: E402
@@ -127,41 +129,6 @@ def session():
 
 # --- the reference: Ultralytics' arithmetic, OpenCV and numpy, nothing of mlserver_npu ---
 
-def letterbox(image: np.ndarray, size, pad, interpolation, center=True):
-    """Ultralytics' LetterBox (auto=False, scaleup=True): the letterboxed image and the
-    gain and (left, top) padding that scale_boxes undoes."""
-    h, w = image.shape[:2]
-    r = min(size[0] / h, size[1] / w)
-    new_unpad = int(round(w * r)), int(round(h * r))
-    dw, dh = size[1] - new_unpad[0], size[0] - new_unpad[1]
-    if center:
-        dw, dh = dw / 2, dh / 2
-    if (w, h) != new_unpad:
-        image = cv2.resize(image, new_unpad, interpolation=interpolation)
-    top, bottom = (int(round(dh - 0.1)) if center else 0), int(round(dh + 0.1))
-    left, right = (int(round(dw - 0.1)) if center else 0), int(round(dw + 0.1))
-    image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=pad)
-    return image, r, (left, top)
-
-
-def greedy_nms(boxes, scores, iou_threshold):
-    order = np.argsort(-scores, kind="stable")
-    kept = []
-    for i in order:
-        ok = True
-        for j in kept:
-            lt = np.maximum(boxes[i, :2], boxes[j, :2])
-            rb = np.minimum(boxes[i, 2:], boxes[j, 2:])
-            inter = np.prod(np.clip(rb - lt, 0, None))
-            union = np.prod(boxes[i, 2:] - boxes[i, :2]) + np.prod(boxes[j, 2:] - boxes[j, :2]) - inter
-            if inter / union > iou_threshold:
-                ok = False
-                break
-        if ok:
-            kept.append(i)
-    return np.array(kept, np.int64)
-
-
 def reference(session, files, confidence=POST["confidence_threshold"], iou=POST["iou_threshold"],
               max_detections=POST["max_detections"]):
     """Per image: (boxes [k, 4] in the image's pixels, scores [k], classes [k])."""
@@ -218,28 +185,6 @@ FILES = [data for data, _ in CANVASES]
 
 def _images(files, name="images"):
     return {"name": name, "shape": [len(files)], "datatype": "BYTES", "data": [b64(f) for f in files]}
-
-
-def rest_outputs(response):
-    assert response.status_code == 200, response.text
-    arrays = {}
-    for output in response.json()["outputs"]:
-        dtype = object if output["datatype"] == "BYTES" else np.dtype(
-            {"FP32": np.float32, "INT32": np.int32, "INT64": np.int64,
-             "UINT8": np.uint8}[output["datatype"]])
-        arrays[output["name"]] = np.array(output["data"], dtype).reshape(output["shape"])
-    return arrays
-
-
-def grpc_outputs(result):
-    arrays = {}
-    for name, tensor in result["ok"]["outputs"].items():
-        if tensor["datatype"] == "object":
-            data = np.array([__import__("base64").b64decode(v) for v in tensor["data"]], object)
-        else:
-            data = np.array(tensor["data"], tensor["datatype"])
-        arrays[name] = data.reshape(tensor["shape"])
-    return arrays
 
 
 # --- boxes ---
@@ -380,7 +325,7 @@ def test_an_output_asked_as_an_image_is_the_clients_image_with_the_boxes_drawn(l
     drawn = outputs["detection_boxes"]
     assert drawn["parameters"]["content_type"] == "image"
     for data, png, (boxes, _, classes) in zip(FILES, drawn["data"], reference(session, FILES)):
-        picture = np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(png))))
+        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))))
         original = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         assert picture.shape == original.shape
         for box, cls in zip(boxes, classes):  # the left edge of each box, in its class colour

@@ -106,6 +106,12 @@ class Postprocess:
     def names(self) -> List[str]:
         return [tensor.name for tensor in self.metadata()]
 
+    @property
+    def default_names(self) -> List[str]:
+        """The outputs a request that names none gets (`names` but those only for people,
+        e.g. an overlay image)."""
+        return self.names
+
     def plan(self, name: str, request_output: Optional[RequestOutput]) -> Planned:
         """The output `name` (one of `names`) as `request_output` asks for it (None: as
         configured); an InferenceError for a request it cannot honour."""
@@ -132,8 +138,9 @@ def registry() -> Dict[str, Type[Postprocess]]:
     """Postprocess types by their `type` name."""
     from .classification import Classification
     from .detection import Detection
+    from .segmentation import Segmentation
 
-    types = (Classification, Detection)
+    types = (Classification, Detection, Segmentation)
     return {cls.Settings.model_fields["type"].annotation.__args__[0]: cls for cls in types}
 
 
