@@ -117,7 +117,7 @@ class Segmentation(Postprocess):
             kind = masks.mask_kind(spec.shape, np.dtype(spec.dtype), settings.layout)
         except ConfigurationError as error:
             raise ConfigurationError(
-                f"postprocess 'segmentation': output '{spec.name}': {error}"
+                f"postprocess 'segmentation': output '{spec.name}' {spec.v2_shape}: {error}"
             ) from None
         classes = settings.classes
         if classes is None and kind.startswith("scores"):
