@@ -27,6 +27,7 @@ from ..errors import ConfigurationError, shorten
 from ..tensors import content_type_of, encode_output
 from .classification import read_labels
 from .decoders import Candidates, Decoder, create_decoder
+from .decoders.weighted import weighted_nms
 from .geometry import Geometry
 from .postprocess import (
     BuildContext, Planned, Postprocess, RequestContext, check_parameter, request_parameter,
@@ -64,6 +65,10 @@ class DetectionSettings(BaseModel):
         0.7, ge=0, le=1, description="NMS: a box overlapping a better one by more is dropped"
     )
     class_agnostic: bool = Field(False, description="NMS across classes instead of per class")
+    nms: Literal["hard", "weighted"] = Field(
+        "hard", description="hard: OpenCV's NMS; weighted: MediaPipe's (boxes and keypoints "
+        "averaged over the overlapping candidates, class-agnostic), as BlazeFace is tuned with"
+    )
     max_detections: int = Field(300, ge=1, le=MAX_DETECTIONS, description="per image, after NMS")
     pre_nms_top_k: Optional[int] = Field(
         None, ge=1, description="only the best this many candidates of an image enter NMS"
@@ -205,8 +210,7 @@ class Detection(Postprocess):
         except ConfigurationError as error:
             raise ConfigurationError(f"postprocess 'detection': {error}") from None
         labels = cls._labels(settings, context, decoder)
-        keypoints = getattr(decoder.settings, "keypoints", 0) or getattr(decoder, "keypoints", 0)
-        return cls(settings, decoder, labels, keypoints or None, context.input_size)
+        return cls(settings, decoder, labels, decoder.keypoints or None, context.input_size)
 
     @staticmethod
     def _labels(
@@ -285,11 +289,14 @@ class Detection(Postprocess):
         )
         found = []
         for index, row in enumerate(rows):
-            if not self.decoder.nms_done:
+            if self.decoder.nms_done:
+                kept = np.argsort(-row.scores, kind="stable")
+            elif self.settings.nms == "weighted":
+                row = weighted_nms(self._top_k(row), options.iou_threshold, options.max_detections)
+                kept = np.arange(len(row))
+            else:
                 kept = nms(row, options.iou_threshold, self.settings.class_agnostic,
                            self.settings.pre_nms_top_k)
-            else:
-                kept = np.argsort(-row.scores, kind="stable")
             kept = kept[: options.max_detections]
             row = Candidates(
                 boxes=row.boxes[kept].reshape(-1, 4).astype(np.float32),
@@ -301,6 +308,15 @@ class Detection(Postprocess):
                 row = self._to_original(row, geometry[index])
             found.append(row)
         return found
+
+    def _top_k(self, row: Candidates) -> Candidates:
+        """The best `pre_nms_top_k` candidates (all without it)."""
+        top_k = self.settings.pre_nms_top_k
+        if top_k is None or len(row) <= top_k:
+            return row
+        best = np.argsort(-row.scores, kind="stable")[:top_k]
+        keypoints = None if row.keypoints is None else row.keypoints[best]
+        return Candidates(row.boxes[best], row.scores[best], row.classes[best], keypoints)
 
     def _to_original(self, row: Candidates, geometry: Geometry) -> Candidates:
         boxes = geometry.boxes_to_original(row.boxes)

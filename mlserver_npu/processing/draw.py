@@ -54,9 +54,9 @@ def draw_detections(
 def colourize(classes: np.ndarray, palette: Sequence[Tuple[int, int, int]]) -> Image.Image:
     """An integer class map [H, W] as a palette ("P" mode) image: PNG keeps the class
     numbers as its pixel values and shows them in colour."""
-    image = Image.fromarray(np.asarray(classes, np.uint8), mode="P")
+    image = Image.fromarray(np.asarray(classes, np.uint8))
     flat = [value for rgb in palette[:256] for value in rgb]
-    image.putpalette(flat + [0] * (768 - len(flat)))
+    image.putpalette(flat + [0] * (768 - len(flat)))  # makes it a "P" image
     return image
 
 

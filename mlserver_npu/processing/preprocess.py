@@ -78,7 +78,7 @@ def resize_image(image: Image.Image, height: int, width: int, resample: str) -> 
         array = cv2.resize(
             np.asarray(image), (width, height), interpolation=getattr(cv2, CV2_RESAMPLE[resample])
         )
-        return Image.fromarray(array, image.mode)
+        return Image.fromarray(array)  # uint8 [H, W] is mode L, [H, W, 3] RGB
     return image.resize((width, height), RESAMPLE[resample])
 
 
