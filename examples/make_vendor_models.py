@@ -132,7 +132,7 @@ to ONNX by RapidAI), finding 10 kinds of regions in page images: {labels}.
 curl -s localhost:8080/v2/models/layout-picodet/infer -H 'Content-Type: application/json' \\
   -d '{{"inputs": [{{"name": "image", "shape": [1], "datatype": "BYTES",
        "parameters": {{"content_type": "image"}},
-       "data": ["'"$(base64 -w0 page.png)"'"]}}]}}'
+       "data": ["'"$(base64 -w0 examples/images/page.png)"'"]}}]}}'
 ```
 """,
     ),
