@@ -561,3 +561,27 @@ def test_served_nms_in_graph_keeps_overlaps_and_maps_back(make_server, tmp_path)
     np.testing.assert_allclose(got, expected, atol=1e-3)
     assert outputs["detection_labels"]["data"] == ["dog", "dog"]
     assert outputs["detection_classes"]["data"] == [1, 1]
+
+
+def test_quantized_heads_are_dequantized_first():
+    """An NPU's uint8 boxes and scores (outputs left quantized, each with its own scale and
+    zero point): decoded as the real values they stand for."""
+    from mlserver_npu.backends.base import Quantization
+
+    rng = np.random.default_rng(16)
+    boxes_q = rng.integers(0, 256, (1, 40, 4)).astype(np.uint8)
+    boxes_q[..., 2:] = np.maximum(boxes_q[..., 2:], boxes_q[..., :2])
+    scores_q = rng.integers(0, 256, (1, 40, 3)).astype(np.uint8)
+    outputs = [
+        TensorSpec("boxes", np.dtype(np.uint8), [1, 40, 4], Quantization([2.0], [0])),
+        TensorSpec("scores", np.dtype(np.uint8), [1, 40, 3], Quantization([1 / 255], [0])),
+    ]
+    decoder = create_decoder({"type": "boxes", "normalized": False}, outputs, (512, 512))
+    found = decoder({"boxes": boxes_q, "scores": scores_q}, (512, 512), 0.6)[0]
+    expected = []
+    for box, row in zip(boxes_q[0].astype(np.float64) * 2.0, scores_q[0] / 255):
+        best = int(np.argmax(row))
+        if row[best] > 0.6:
+            expected.append((box, row[best], best, []))
+    assert expected
+    assert_same(found, expected)

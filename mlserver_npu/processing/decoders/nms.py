@@ -23,6 +23,7 @@ from .base import (
     is_float,
     looks_normalized,
     pick_output,
+    real,
     shape_error,
     shape_text,
     to_corners,
@@ -62,7 +63,7 @@ class End2EndDecoder(Decoder):
         self, outputs: Mapping[str, np.ndarray], input_size: Size, confidence_threshold: float
     ) -> List[Candidates]:
         results = []
-        for row in np.asarray(outputs[self.spec.name]):
+        for row in real(outputs, self.spec):
             kept = row[row[:, 4] > confidence_threshold]
             boxes = to_corners(kept[:, :4], self.settings.box_format)
             if _normalized(self.settings.normalized, row[:, :4][row[:, 4] > 0]):
@@ -177,8 +178,8 @@ class NMSTensorsDecoder(Decoder):
         self, outputs: Mapping[str, np.ndarray], input_size: Size, confidence_threshold: float
     ) -> List[Candidates]:
         counts = np.asarray(outputs[self.specs["num_detections"].name]).reshape(-1)
-        boxes = np.asarray(outputs[self.specs["boxes"].name])
-        scores = np.asarray(outputs[self.specs["scores"].name])
+        boxes = real(outputs, self.specs["boxes"])
+        scores = real(outputs, self.specs["scores"])
         classes = np.asarray(outputs[self.specs["classes"].name])
         results = []
         for row in range(len(boxes)):
