@@ -23,7 +23,7 @@ from PIL import Image
 
 from images import b64, encode, photo
 from reference import identity_model
-from server import REPO, Server, copy_repository, grpc_calls, write_model
+from server import REPO, Server, cli, copy_repository, grpc_calls, write_model
 from vision_reference import greedy_nms, grpc_outputs, letterbox, rest_outputs
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -53,6 +53,7 @@ IDENTITIES = {
          "resample": "bilinear"}]),
     "identity-multiple": (F, ["N", 3, "H", "W"], [
         {"op": "resize_to_multiple", "multiple": 32, "limit_side_len": 96}]),
+    "identity-ultralytics": (F, ["N", 3, 64, 96], "ultralytics"),
     "identity-cv2-area": (F, ["N", 3, 50, 70], [
         {"op": "resize", "size": [50, 70], "resample": "cv2_area"}]),
 }
@@ -106,8 +107,9 @@ def live(tmp_path_factory):
     _copy_detector(repository, "detector-b2", model=static_batch_detector(2))
     (repository / "detector-pipeline").mkdir()
     (repository / "detector-pipeline" / "model-settings.json").write_text(json.dumps(PIPELINE))
-    for name, (dtype, shape, ops) in IDENTITIES.items():
-        write_model(repository / name, name, {"preprocess": ops}, model=identity_model(dtype, shape))
+    for name, (dtype, shape, ops) in IDENTITIES.items():  # ops: a list or a preset
+        write_model(repository / name, name, {"preprocess": ops},
+                    model=identity_model(dtype, shape))
     # dynamic height and width: warm-up from the metadata's imgsz, the preprocessing, the
     # configured shapes
     write_model(repository / "dynamic-imgsz", "dynamic-imgsz", {},
@@ -184,13 +186,16 @@ FILES = [data for data, _ in CANVASES]
 
 
 def _images(files, name="images"):
-    return {"name": name, "shape": [len(files)], "datatype": "BYTES", "data": [b64(f) for f in files]}
+    return {"name": name, "shape": [len(files)], "datatype": "BYTES",
+            "data": [b64(f) for f in files]}
 
 
 # --- boxes ---
 
 @pytest.mark.parametrize("model", ["digits-detector", "detector-b2", "detector-pipeline"])
-def test_a_batch_of_differently_sized_images_gets_the_reference_boxes_over_rest(live, session, model):
+def test_a_batch_of_differently_sized_images_gets_the_reference_boxes_over_rest(
+    live, session, model
+):
     outputs = rest_outputs(live.infer(model, [_images(FILES)]))
     expected = reference(session, FILES)
     assert_detections(outputs, expected)
@@ -406,6 +411,13 @@ def test_resize_to_a_multiple_equals_paddleocr_det_resize(live):
         np.testing.assert_array_equal(_preprocessed(live, "identity-multiple", [data]), want)
 
 
+def test_the_ultralytics_preset_is_its_letterbox_rgb_0_to_1(live):
+    for data in PHOTOS:
+        boxed, _, _ = letterbox(_rgb(data), (64, 96), (114, 114, 114), cv2.INTER_LINEAR)
+        want = boxed.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1) / np.float32(255)
+        np.testing.assert_array_equal(_preprocessed(live, "identity-ultralytics", [data]), want)
+
+
 def test_opencv_resampling(live):
     data = PHOTOS[1]
     want = cv2.resize(_rgb(data), (70, 50), interpolation=cv2.INTER_AREA)
@@ -468,3 +480,28 @@ def test_detection_does_not_take_tiles(live):
     _copy_detector(live.repository, "detector-tiles", {"preprocess": [
         {"op": "convert", "mode": "L"}, {"op": "tiles", "size": [128, 128]}]})
     live.assert_load_fails("detector-tiles", ["tiles"])
+
+
+# --- init and inspect ---
+
+def test_init_suggests_detection_from_the_metadata_and_inspect_shows_it(live, tmp_path):
+    model = DETECTOR / "model.onnx"
+    folder = live.repository / "initialised"
+    suggested = cli("init", model, "--into", folder)
+    assert suggested.returncode == 0, suggested.stderr
+    assert "task: detect" in suggested.stdout
+    assert "--postprocess detection --force" in suggested.stdout
+    written = cli("init", model, "--into", folder, "--postprocess", "detection", "--force")
+    assert written.returncode == 0, written.stderr
+    extra = json.loads((folder / "model-settings.json").read_text())["parameters"]["extra"]
+    assert extra == {"preprocess": "ultralytics",
+                     "postprocess": {"type": "detection", "decoder": "yolov8"}}
+    assert live.http.post("/v2/repository/models/initialised/load").status_code == 200
+    outputs = rest_outputs(live.infer("initialised", [_images(FILES[:1])]))
+    assert set(outputs) == {"num_detections", "detection_boxes", "detection_scores",
+                            "detection_classes", "detection_labels"}
+    shown = cli("inspect", DETECTOR)
+    assert shown.returncode == 0, shown.stderr
+    assert ("postproc detection, decoder yolov8, labels 10: output0 -> num_detections, "
+            "detection_boxes") in shown.stdout
+    assert "task=detect" in shown.stdout
