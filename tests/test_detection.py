@@ -104,7 +104,7 @@ def live(tmp_path_factory):
     repository = copy_repository(root / "repo", models=["digits-detector"])
     _copy_detector(repository, "detector-batched",
                    {"batching": {"max_batch_size": 4, "max_delay_ms": 1000}})
-    _copy_detector(repository, "detector-b2", model=static_batch_detector(2))
+    _copy_detector(repository, "detector-b2", {"sessions": 2}, model=static_batch_detector(2))
     (repository / "detector-pipeline").mkdir()
     (repository / "detector-pipeline" / "model-settings.json").write_text(json.dumps(PIPELINE))
     for name, (dtype, shape, ops) in IDENTITIES.items():  # ops: a list or a preset
