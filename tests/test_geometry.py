@@ -33,6 +33,8 @@ def _marked(width, height, x, y):
     ([{"op": "resize", "shorter_side": 60, "resample": "nearest"},
       {"op": "center_crop", "size": [40, 40]}], [1, 3, None, None]),
     ([{"op": "resize", "size": [33, 71], "resample": "nearest"}], [1, 3, None, None]),
+    ([{"op": "center_crop", "size": [90, 120]},
+      {"op": "resize", "size": [45, 40], "resample": "nearest"}], [1, 3, None, None]),
 ])
 def test_a_pixel_lands_where_the_geometry_says_and_maps_back(ops, shape):
     preprocessor = _preprocessor(ops, shape)
