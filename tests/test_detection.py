@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import shutil
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,7 +24,7 @@ from PIL import Image
 
 from images import b64, encode, photo
 from reference import identity_model
-from server import REPO, Server, cli, copy_repository, grpc_calls, write_model
+from server import REPO, Server, copy_repository, grpc_calls, write_model
 from vision_reference import greedy_nms, grpc_outputs, letterbox, rest_outputs
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -482,17 +483,41 @@ def test_detection_does_not_take_tiles(live):
     live.assert_load_fails("detector-tiles", ["tiles"])
 
 
+# --- the example client in the docs ---
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_example_client_prints_the_boxes(live, session, protocol, tmp_path):
+    url = live.grpc_target if protocol == "grpc" else live.url.removeprefix("http://")
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "detect.py"), "--protocol", protocol,
+         "--url", url, "--confidence", "0.9", str(REPO / "examples/images/digits-canvas.png")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    sample = (REPO / "examples/images/digits-canvas.png").read_bytes()
+    boxes, scores, classes = reference(session, [sample], confidence=0.9)[0]
+    assert lines[0].endswith(f": {len(scores)} detections")
+    for line, box, score, cls in zip(lines[1:], boxes, scores, classes):
+        label, shown, corners = line.split(maxsplit=2)
+        assert (label, shown) == (str(cls), f"{score:.3f}")
+        x1, y1, x2, y2 = box.round().astype(int).tolist()
+        assert corners == f"({x1}, {y1}) - ({x2}, {y2})"
+
+
 # --- init and inspect ---
 
-def test_init_suggests_detection_from_the_metadata_and_inspect_shows_it(live, tmp_path):
+def test_init_suggests_detection_from_the_metadata_and_inspect_shows_it(live, capsys):
+    from mlserver_npu.cli import main  # in this process: three CLI processes take 20 s
+
     model = DETECTOR / "model.onnx"
     folder = live.repository / "initialised"
-    suggested = cli("init", model, "--into", folder)
-    assert suggested.returncode == 0, suggested.stderr
-    assert "task: detect" in suggested.stdout
-    assert "--postprocess detection --force" in suggested.stdout
-    written = cli("init", model, "--into", folder, "--postprocess", "detection", "--force")
-    assert written.returncode == 0, written.stderr
+    assert main(["init", str(model), "--into", str(folder)]) == 0
+    suggested = capsys.readouterr().out
+    assert "task: detect" in suggested
+    assert "--postprocess detection --force" in suggested
+    assert main(["init", str(model), "--into", str(folder), "--postprocess", "detection",
+                 "--force"]) == 0
     extra = json.loads((folder / "model-settings.json").read_text())["parameters"]["extra"]
     assert extra == {"preprocess": "ultralytics",
                      "postprocess": {"type": "detection", "decoder": "yolov8"}}
@@ -500,8 +525,9 @@ def test_init_suggests_detection_from_the_metadata_and_inspect_shows_it(live, tm
     outputs = rest_outputs(live.infer("initialised", [_images(FILES[:1])]))
     assert set(outputs) == {"num_detections", "detection_boxes", "detection_scores",
                             "detection_classes", "detection_labels"}
-    shown = cli("inspect", DETECTOR)
-    assert shown.returncode == 0, shown.stderr
+    capsys.readouterr()
+    assert main(["inspect", str(DETECTOR)]) == 0
+    shown = capsys.readouterr().out
     assert ("postproc detection, decoder yolov8, labels 10: output0 -> num_detections, "
-            "detection_boxes") in shown.stdout
-    assert "task=detect" in shown.stdout
+            "detection_boxes") in shown
+    assert "task=detect" in shown
