@@ -175,13 +175,15 @@ class ModelStages:
             )
             hint = ""
             if unsure:
-                example = {s.name: self.pool.warm_up_shape(s, shapes) for s in unsure}
+                example = {
+                    s.name: [640 if d is None and i else d or 1 for i, d in enumerate(s.shape)]
+                    for s in unsure
+                }
                 hint = (
                     "; the dynamic dimensions of "
                     + ", ".join(f"'{s.name}' {s.v2_shape}" for s in unsure)
                     + " were fed as 1: set parameters.extra.warmup_shapes to shapes the model "
-                    f"accepts (e.g. {example} with real sizes), or a preprocess that fixes the "
-                    "image size"
+                    f"accepts, e.g. {example}, or a preprocess that fixes the image size"
                 )
             raise BackendError(
                 f"warm-up inference failed (fed {fed}): {error}{hint}"

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import shutil
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,6 +54,7 @@ IDENTITIES = {
          "resample": "bilinear"}]),
     "identity-multiple": (F, ["N", 3, "H", "W"], [
         {"op": "resize_to_multiple", "multiple": 32, "limit_side_len": 96}]),
+    "identity-ultralytics": (F, ["N", 3, 64, 96], "ultralytics"),
     "identity-cv2-area": (F, ["N", 3, 50, 70], [
         {"op": "resize", "size": [50, 70], "resample": "cv2_area"}]),
 }
@@ -103,11 +105,12 @@ def live(tmp_path_factory):
     repository = copy_repository(root / "repo", models=["digits-detector"])
     _copy_detector(repository, "detector-batched",
                    {"batching": {"max_batch_size": 4, "max_delay_ms": 1000}})
-    _copy_detector(repository, "detector-b2", model=static_batch_detector(2))
+    _copy_detector(repository, "detector-b2", {"sessions": 2}, model=static_batch_detector(2))
     (repository / "detector-pipeline").mkdir()
     (repository / "detector-pipeline" / "model-settings.json").write_text(json.dumps(PIPELINE))
-    for name, (dtype, shape, ops) in IDENTITIES.items():
-        write_model(repository / name, name, {"preprocess": ops}, model=identity_model(dtype, shape))
+    for name, (dtype, shape, ops) in IDENTITIES.items():  # ops: a list or a preset
+        write_model(repository / name, name, {"preprocess": ops},
+                    model=identity_model(dtype, shape))
     # dynamic height and width: warm-up from the metadata's imgsz, the preprocessing, the
     # configured shapes
     write_model(repository / "dynamic-imgsz", "dynamic-imgsz", {},
@@ -184,13 +187,16 @@ FILES = [data for data, _ in CANVASES]
 
 
 def _images(files, name="images"):
-    return {"name": name, "shape": [len(files)], "datatype": "BYTES", "data": [b64(f) for f in files]}
+    return {"name": name, "shape": [len(files)], "datatype": "BYTES",
+            "data": [b64(f) for f in files]}
 
 
 # --- boxes ---
 
 @pytest.mark.parametrize("model", ["digits-detector", "detector-b2", "detector-pipeline"])
-def test_a_batch_of_differently_sized_images_gets_the_reference_boxes_over_rest(live, session, model):
+def test_a_batch_of_differently_sized_images_gets_the_reference_boxes_over_rest(
+    live, session, model
+):
     outputs = rest_outputs(live.infer(model, [_images(FILES)]))
     expected = reference(session, FILES)
     assert_detections(outputs, expected)
@@ -406,6 +412,13 @@ def test_resize_to_a_multiple_equals_paddleocr_det_resize(live):
         np.testing.assert_array_equal(_preprocessed(live, "identity-multiple", [data]), want)
 
 
+def test_the_ultralytics_preset_is_its_letterbox_rgb_0_to_1(live):
+    for data in PHOTOS:
+        boxed, _, _ = letterbox(_rgb(data), (64, 96), (114, 114, 114), cv2.INTER_LINEAR)
+        want = boxed.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(1) / np.float32(255)
+        np.testing.assert_array_equal(_preprocessed(live, "identity-ultralytics", [data]), want)
+
+
 def test_opencv_resampling(live):
     data = PHOTOS[1]
     want = cv2.resize(_rgb(data), (70, 50), interpolation=cv2.INTER_AREA)
@@ -468,3 +481,53 @@ def test_detection_does_not_take_tiles(live):
     _copy_detector(live.repository, "detector-tiles", {"preprocess": [
         {"op": "convert", "mode": "L"}, {"op": "tiles", "size": [128, 128]}]})
     live.assert_load_fails("detector-tiles", ["tiles"])
+
+
+# --- the example client in the docs ---
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_example_client_prints_the_boxes(live, session, protocol, tmp_path):
+    url = live.grpc_target if protocol == "grpc" else live.url.removeprefix("http://")
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "detect.py"), "--protocol", protocol,
+         "--url", url, "--confidence", "0.9", str(REPO / "examples/images/digits-canvas.png")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    sample = (REPO / "examples/images/digits-canvas.png").read_bytes()
+    boxes, scores, classes = reference(session, [sample], confidence=0.9)[0]
+    assert lines[0].endswith(f": {len(scores)} detections")
+    for line, box, score, cls in zip(lines[1:], boxes, scores, classes):
+        label, shown, corners = line.split(maxsplit=2)
+        assert (label, shown) == (str(cls), f"{score:.3f}")
+        x1, y1, x2, y2 = box.round().astype(int).tolist()
+        assert corners == f"({x1}, {y1}) - ({x2}, {y2})"
+
+
+# --- init and inspect ---
+
+def test_init_suggests_detection_from_the_metadata_and_inspect_shows_it(live, capsys):
+    from mlserver_npu.cli import main  # in this process: three CLI processes take 20 s
+
+    model = DETECTOR / "model.onnx"
+    folder = live.repository / "initialised"
+    assert main(["init", str(model), "--into", str(folder)]) == 0
+    suggested = capsys.readouterr().out
+    assert "task: detect" in suggested
+    assert "--postprocess detection --force" in suggested
+    assert main(["init", str(model), "--into", str(folder), "--postprocess", "detection",
+                 "--force"]) == 0
+    extra = json.loads((folder / "model-settings.json").read_text())["parameters"]["extra"]
+    assert extra == {"preprocess": "ultralytics",
+                     "postprocess": {"type": "detection", "decoder": "yolov8"}}
+    assert live.http.post("/v2/repository/models/initialised/load").status_code == 200
+    outputs = rest_outputs(live.infer("initialised", [_images(FILES[:1])]))
+    assert set(outputs) == {"num_detections", "detection_boxes", "detection_scores",
+                            "detection_classes", "detection_labels"}
+    capsys.readouterr()
+    assert main(["inspect", str(DETECTOR)]) == 0
+    shown = capsys.readouterr().out
+    assert ("postproc detection, decoder yolov8, labels 10: output0 -> num_detections, "
+            "detection_boxes") in shown
+    assert "task=detect" in shown

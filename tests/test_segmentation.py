@@ -107,7 +107,9 @@ def reference(session, data):
     (mask,) = session.run(None, {"x": x[None, None]})
     classes = mask[0].argmax(axis=0)  # [32, 32], half the input's resolution
     width, height = int(round(image.shape[1] * gain)), int(round(image.shape[0] * gain))
-    cut = classes[round(top / 2) : round((top + height) / 2), round(left / 2) : round((left + width) / 2)]
+    rows = slice(round(top / 2), round((top + height) / 2))
+    columns = slice(round(left / 2), round((left + width) / 2))
+    cut = classes[rows, columns]
     return nearest(cut, image.shape[:2]).astype(np.int32)
 
 
@@ -117,7 +119,8 @@ TALL = encode(photo(50, 90, seed=5), "JPEG")
 
 
 def _images(files, name="x"):
-    return {"name": name, "shape": [len(files)], "datatype": "BYTES", "data": [b64(f) for f in files]}
+    return {"name": name, "shape": [len(files)], "datatype": "BYTES",
+            "data": [b64(f) for f in files]}
 
 
 def test_class_maps_at_the_images_size_equal_the_reference(live, session):

@@ -32,7 +32,8 @@ def greedy_nms(boxes, scores, iou_threshold):
             lt = np.maximum(boxes[i, :2], boxes[j, :2])
             rb = np.minimum(boxes[i, 2:], boxes[j, 2:])
             inter = np.prod(np.clip(rb - lt, 0, None))
-            union = np.prod(boxes[i, 2:] - boxes[i, :2]) + np.prod(boxes[j, 2:] - boxes[j, :2]) - inter
+            areas = np.prod(boxes[i, 2:] - boxes[i, :2]) + np.prod(boxes[j, 2:] - boxes[j, :2])
+            union = areas - inter
             if inter / union > iou_threshold:
                 ok = False
                 break

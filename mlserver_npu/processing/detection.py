@@ -230,6 +230,12 @@ class Detection(Postprocess):
             )
         return labels
 
+    def describe(self) -> Dict[str, Any]:
+        described = super().describe()
+        described["decoder"] = self.decoder.settings.type  # type: ignore[attr-defined]
+        described["labels"] = len(self.labels) if self.labels is not None else None
+        return described
+
     @property
     def _outputs(self) -> List[tuple]:
         """(key, name, datatype, shape) of each output, in order."""

@@ -107,6 +107,15 @@ class Postprocess:
         return [tensor.name for tensor in self.metadata()]
 
     @property
+    def type_name(self) -> str:
+        """The `type` of its settings."""
+        return self.Settings.model_fields["type"].annotation.__args__[0]
+
+    def describe(self) -> Dict[str, Any]:
+        """What `inspect` shows of it."""
+        return {"type": self.type_name, "reads": list(self.sources), "outputs": self.names}
+
+    @property
     def default_names(self) -> List[str]:
         """The outputs a request that names none gets (`names` but those only for people,
         e.g. an overlay image)."""
@@ -142,6 +151,7 @@ def registry() -> Dict[str, Type[Postprocess]]:
 
     types = (Classification, Detection, Segmentation)
     return {cls.Settings.model_fields["type"].annotation.__args__[0]: cls for cls in types}
+
 
 
 def settings_type() -> Any:

@@ -314,6 +314,13 @@ PRESETS = {
         {"op": "layout", "layout": "NCHW"},
         {"op": "dtype", "dtype": "float32"},
     ],
+    # Ultralytics' YOLO exports: its LetterBox (grey 114, OpenCV's INTER_LINEAR), 0..1; RGB
+    # for a model of 3 channels (grey for one)
+    "ultralytics": [
+        {"op": "letterbox", "pad_value": 114, "resample": "cv2_linear"},
+        {"op": "scale", "divisor": 255},
+        {"op": "layout", "layout": "NCHW"},
+    ],
 }
 
 
