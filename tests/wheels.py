@@ -29,12 +29,11 @@ OFFLINE = (
     "Connection refused",
     "ConnectTimeout",
     "ReadTimeout",
-    "No matching distribution",  # what pip says when no index answers
 )
 
 
 class Unreachable(Exception):
-    """PyPI cannot be reached from here."""
+    """PyPI cannot be reached from here, or has no wheel for this platform."""
 
 
 def wheel(requirement: str) -> Path:
@@ -75,6 +74,8 @@ def fetch_wheel(requirement: str, platform: Optional[Sequence[str]] = None) -> P
                     raise Unreachable(
                         f"PyPI cannot be reached to fetch {requirement}: {message[0]}"
                     )
+                if "No matching distribution" in result.stderr:  # none for this platform
+                    raise Unreachable(f"PyPI has no wheel of {requirement} for this platform")
                 raise RuntimeError(f"pip download {requirement} failed: {result.stderr[-2000:]}")
             found = list(downloads.glob("*.whl"))
         with zipfile.ZipFile(found[0]) as archive:
