@@ -585,3 +585,20 @@ def test_quantized_heads_are_dequantized_first():
             expected.append((box, row[best], best, []))
     assert expected
     assert_same(found, expected)
+
+
+def test_nms_tensors_generic_names_told_apart_by_values():
+    """EfficientDet-Lite-style exports name all four outputs StatefulPartitionedCall:N, in an
+    order of their own: the classes are the [B, K] output of whole numbers."""
+    boxes = np.array([[[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.9]]], np.float32)
+    scores = np.array([[0.83, 0.64]], np.float32)
+    classes = np.array([[17, 3]], np.float32)
+    heads = {  # scores before classes: the other way round from TFLite_Detection_PostProcess
+        "StatefulPartitionedCall:0": np.array([2], np.float32),
+        "StatefulPartitionedCall:1": scores,
+        "StatefulPartitionedCall:2": classes,
+        "StatefulPartitionedCall:3": boxes,
+    }
+    _, result = decoded("nms_tensors", heads, (100, 100), batch=1, threshold=0.5)
+    want = [(b[[1, 0, 3, 2]] * 100, s, c, []) for b, s, c in zip(boxes[0], scores[0], classes[0])]
+    assert_same(result[0], want)

@@ -6,7 +6,7 @@
 [B, K, 4], scores [B, K], classes [B, K] (TF Object Detection API, TensorRT EfficientNMS,
 TFLite_Detection_PostProcess).
 """
-from typing import Dict, List, Literal, Mapping, Optional, Sequence
+from typing import Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,6 +76,9 @@ class End2EndDecoder(Decoder):
                 )
             )
         return results
+
+def _whole(values: np.ndarray) -> bool:
+    return values.size > 0 and bool(np.all(values == np.rint(values)))
 
 
 def _normalized(setting: Optional[bool], boxes: np.ndarray) -> bool:
@@ -153,6 +156,10 @@ class NMSTensorsDecoder(Decoder):
                     chosen[key] = named[0]
                     pairs.remove(named[0])
         missing = [k for k in ("classes", "scores") if k not in chosen]  # TFLite's order
+        # Two [batch, K] outputs under generic names (TFLite_Detection_PostProcess:1 and :2,
+        # StatefulPartitionedCall:N, whose order varies between exporters): each run tells
+        # them apart by their values, the classes being whole numbers
+        self.by_values = len(missing) == 2 and len(pairs) == 2
         if len(missing) > len(pairs):
             raise ConfigurationError(
                 f"cannot tell the {' and '.join(missing)} outputs [batch, K] among {found}; "
@@ -181,6 +188,8 @@ class NMSTensorsDecoder(Decoder):
         boxes = real(outputs, self.specs["boxes"])
         scores = real(outputs, self.specs["scores"])
         classes = np.asarray(outputs[self.specs["classes"].name])
+        if self.by_values:
+            scores, classes = self._by_values(scores, classes, counts)
         results = []
         for row in range(len(boxes)):
             count = int(min(max(counts[row], 0), boxes.shape[1]))
@@ -197,3 +206,17 @@ class NMSTensorsDecoder(Decoder):
                 )
             )
         return results
+
+    def _by_values(
+        self, scores: np.ndarray, classes: np.ndarray, counts: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """(scores, classes) of two generically named outputs: the one whose detections all
+        hold whole numbers (and the other not) is the classes; else the order as matched."""
+        rows = [min(max(int(n), 0), scores.shape[1]) for n in counts]
+        first = [scores[r, :n] for r, n in enumerate(rows)]
+        second = [classes[r, :n] for r, n in enumerate(rows)]
+        first_whole = _whole(np.concatenate(first)) if first else False
+        second_whole = _whole(np.concatenate(second)) if second else False
+        if first_whole and not second_whole:
+            return classes.astype(np.float32), scores
+        return scores, classes
