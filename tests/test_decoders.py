@@ -602,3 +602,38 @@ def test_nms_tensors_generic_names_told_apart_by_values():
     _, result = decoded("nms_tensors", heads, (100, 100), batch=1, threshold=0.5)
     want = [(b[[1, 0, 3, 2]] * 100, s, c, []) for b, s, c in zip(boxes[0], scores[0], classes[0])]
     assert_same(result[0], want)
+
+
+def test_end2end_yolov7_rows_with_a_batch_index():
+    """YOLOv7's --end2end ONNX: [N, 7] rows of batch index, box, class, score."""
+    rows = np.array(
+        [[0, 10, 10, 50, 60, 2, 0.9], [1, 5, 5, 20, 20, 0, 0.7], [0, 30, 30, 90, 90, 1, 0.4]],
+        np.float32,
+    )
+    outputs = [spec("output", (None, 7))]
+    config = {"type": "end2end", "columns": ["batch", "box", "class", "score"]}
+    decoder = create_decoder(config, outputs, (100, 100))
+    first, second = decoder({"output": rows}, (100, 100), 0.5)
+    assert_same(first, [(rows[0, 1:5], 0.9, 2, [])])
+    assert_same(second, [(rows[1, 1:5], 0.7, 0, [])])
+
+
+def test_end2end_paddle_multiclass_nms_rows_with_a_count():
+    """PaddleDetection's exports with NMS: [N, 6] rows of class, score, box for all the
+    images, and each image's row count."""
+    rows = np.array(
+        [[3, 0.8, 1, 2, 30, 40], [1, 0.6, 5, 5, 9, 9], [0, 0.95, 10, 10, 20, 30]], np.float32
+    )
+    counts = np.array([2, 0, 1], np.int32)
+    names = ["multiclass_nms3_0.tmp_0", "multiclass_nms3_0.tmp_2"]
+    outputs = [spec(names[0], (None, 6)), spec(names[1], (None,), np.int32)]
+    config = {"type": "end2end", "columns": ["class", "score", "box"], "count": names[1]}
+    decoder = create_decoder(config, outputs, (64, 64))
+    assert decoder.sources == names
+    found = decoder({names[0]: rows, names[1]: counts}, (64, 64), 0.5)
+    assert [len(c) for c in found] == [2, 0, 1]
+    assert_same(found[0], [(rows[0, 2:], 0.8, 3, []), (rows[1, 2:], 0.6, 1, [])])
+    assert_same(found[2], [(rows[2, 2:], 0.95, 0, [])])
+    with pytest.raises(ConfigurationError) as error:
+        create_decoder({"type": "end2end", "columns": ["box", "score"]}, outputs, (64, 64))
+    assert "'class'" in str(error.value)
