@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Iterator
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
 
-from . import rest, wire
+from . import grpc_errors, rest, wire
 from .errors import ModelLoadError
 from .metrics import ModelMetrics
 from .settings import NPUEnvironment
@@ -21,7 +21,9 @@ logger = logging.getLogger("mlserver.npu")
 class ServedModel(MLModel):
     def __init__(self, *args: Any, **kwargs: Any):
         # Before MLServer's on-load callbacks run, which hand the REST app to rest.py.
-        rest.install(NPUEnvironment.from_env().rest_boundary)
+        environment = NPUEnvironment.from_env()
+        rest.install(environment.rest_boundary)
+        grpc_errors.install(environment.grpc_errors)
         super().__init__(*args, **kwargs)
 
     @contextmanager

@@ -2,11 +2,12 @@
 preprocessing), the session pool on the devices, and the output encoder (postprocessing and
 codecs). NPURuntime serves one; a Pipeline runs several in one request."""
 import asyncio
+import logging
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-from mlserver.errors import InferenceError
+from mlserver.errors import InferenceError, MLServerError
 from mlserver.settings import ModelSettings
 from mlserver.types import Parameters, RequestInput, RequestOutput, ResponseOutput
 from mlserver.utils import to_absolute_path
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from .backends import BackendError, InvalidInput, get_backend, session_details
 from .batcher import Batcher
 from .drain import Drain
-from .errors import ConfigurationError, ModelLoadError
+from .errors import ConfigurationError, ModelLoadError, ServerFault, bounded
 from .metrics import stage
 from .pool import SessionPool
 from .processing.classification import Classifier
@@ -23,6 +24,8 @@ from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
 from .settings import NPUEnvironment, NPUSettings, describe_validation_error
 from .sources import ModelSource, SourceError, resolve_model
+
+logger = logging.getLogger("mlserver.npu")
 
 
 def parse_extra(settings: ModelSettings, model: type, name: str):
@@ -156,7 +159,13 @@ class ModelStages:
             with self._requests.running(), stage("device"):
                 return await (self.batcher or self.pool).run(feeds)
         except InvalidInput as error:
-            raise InferenceError(f"the model rejected the inputs: {error}") from error
+            raise InferenceError(bounded(f"the model rejected the inputs: {error}")) from error
+        except MLServerError:
+            raise
+        except Exception as error:  # the device or the runtime failed: the server's fault
+            logger.exception("Model '%s': the device run failed", self.settings.name)
+            raise ServerFault(f"the device run of model '{self.settings.name}' failed",
+                              error) from error
 
     async def infer(
         self,

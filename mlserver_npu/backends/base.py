@@ -3,6 +3,7 @@
 A backend turns (model file, device, options) into one `Session`; the pool holds many of them
 and the runtime never sees which backend it is talking to.
 """
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
@@ -63,6 +64,20 @@ class BackendError(Exception):
 
 class InvalidInput(BackendError):
     """The device refused a request's tensors (e.g. inconsistent batch sizes): a client error."""
+
+
+# Words of a runtime's report when a kernel cannot take the request's sizes (a dynamic
+# dimension the graph cannot take, e.g. sides that must be multiples of 32): the client's to
+# fix. Any other failure of a run is the server's (a 500).
+_INPUT_FAILURE = re.compile(
+    r"broadcast|shape|dimension|\brank\b|\baxis\b|mismatch|sizes?\b|out of range|invalid",
+    re.I,
+)
+
+
+def is_input_failure(message: str) -> bool:
+    """Whether a runtime's report of a failed run blames the request's tensors."""
+    return bool(_INPUT_FAILURE.search(message))
 
 
 class Session(Protocol):

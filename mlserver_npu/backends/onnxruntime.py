@@ -2,6 +2,7 @@
 import asyncio
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
@@ -10,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from . import qnn
-from .base import BackendError, InvalidInput, TensorSpec, context_batch
+from .base import BackendError, InvalidInput, TensorSpec, context_batch, is_input_failure
 from .compiled import cache_folder, files_sha256
 
 logger = logging.getLogger("mlserver.npu")
@@ -174,6 +175,37 @@ def _rows(feeds: Mapping[str, np.ndarray]) -> int:
     return max((array.shape[0] for array in feeds.values() if array.ndim), default=1)
 
 
+_STATUS = re.compile(
+    r"^(?:\[ONNXRuntimeError\] : \d+ : \w+ : )?"
+    r"(?:Non-zero status code returned while running (?P<op>\S+) node\. "
+    r"Name:'(?P<node>[^']*)' Status Message: )?(?P<message>.*)$",
+    re.S,
+)
+# onnxruntime's source location and failed check before its message:
+# "/onnxruntime_src/.../element_wise_ops.h:563 void onnxruntime::...(...) axis == 1 was false. "
+_SOURCE = re.compile(r"^\S+:\d+ .*? was false\.\s*", re.S)
+
+
+def run_failure(error: Exception) -> str:
+    """onnxruntime's report of a failed run, without its prefixes and source locations:
+    "Add node 'up': Attempting to broadcast an axis by a dimension other than 1. 32 by 40"."""
+    match = _STATUS.match(str(error).strip())
+    if match is None:  # the pattern matches any text; kept for the type checker
+        return str(error)
+    message = _SOURCE.sub("", match["message"]).strip()
+    if match["op"]:
+        return f"{match['op']} node '{match['node']}': {message}"
+    return message
+
+
+def rejects_input(error: Exception) -> bool:
+    """Whether a failed run was the request's doing: onnxruntime's INVALID_ARGUMENT, or a
+    kernel that could not take the request's sizes."""
+    if isinstance(error, InvalidArgument):
+        return True
+    return isinstance(error, Fail) and is_input_failure(run_failure(error))
+
+
 class OnnxRuntimeSession:
     def __init__(self, session: ort.InferenceSession, device: str, warnings: List[str],
                  details: Optional[Dict[str, Any]] = None):
@@ -185,10 +217,14 @@ class OnnxRuntimeSession:
         self.outputs = _specs(session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]
         self._seconds_per_row = math.inf  # the latest run's; unknown until the first run
+        # A failed run raises with the reason, which the runtime reports: without this,
+        # onnxruntime also prints it to stderr at ERROR, once per rejected request.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
 
     def _run(self, feeds: Dict[str, np.ndarray], rows: int) -> List[np.ndarray]:
         start = time.perf_counter()
-        results = self._session.run(self._output_names, feeds)
+        results = self._session.run(self._output_names, feeds, self._run_options)
         self._seconds_per_row = (time.perf_counter() - start) / max(rows, 1)
         return results
 
@@ -200,8 +236,10 @@ class OnnxRuntimeSession:
             else:
                 # ORT releases the GIL while it computes: a thread keeps the event loop free.
                 results = await asyncio.to_thread(self._run, dict(feeds), rows)
-        except InvalidArgument as error:
-            raise InvalidInput(str(error)) from error
+        except (InvalidArgument, Fail) as error:
+            if rejects_input(error):
+                raise InvalidInput(run_failure(error)) from error
+            raise
         return dict(zip(self._output_names, results))
 
     async def close(self) -> None:
