@@ -5,6 +5,7 @@ bounded, for the server's fault (its traceback logged once); MLServer's own 422 
 bounded; 503 as UNAVAILABLE."""
 import json
 import re
+import shutil
 
 import grpc
 import numpy as np
@@ -16,7 +17,9 @@ from onnx import TensorProto, helper
 
 import reference
 from reference import v2_input
-from server import MODEL_REPOSITORY, Server, copy_model, copy_repository, fake_furiosa_env
+from server import (
+    MODEL_REPOSITORY, Server, cli, copy_model, copy_repository, fake_furiosa_env,
+)
 
 MAX_MESSAGE = 1200  # characters of any error message (errors.MESSAGE_LIMIT, and some JSON)
 DEVICE_FAULT = "NPU npu:1:0 stopped answering (DMA timeout); " + "register dump " * 4000
@@ -187,3 +190,51 @@ def test_503_is_unavailable_over_grpc():
 
     assert grpc_errors.install()
     assert grpc_utils._grpc_status_code(ModelUnloaded("m")) == grpc.StatusCode.UNAVAILABLE
+
+
+# --- dynamic dims: their names shown, unknown names refused, unnamed ones fixed by axis ---
+
+DET32_DIMS = "0:N, 2:p2o.DynamicDimension.1, 3:p2o.DynamicDimension.2"
+
+
+def test_metadata_shows_the_names_of_dynamic_dims(served, stub):
+    [tensor] = served.http.get("/v2/models/det32").json()["inputs"]
+    assert tensor["shape"] == [-1, 3, -1, -1]
+    assert tensor["parameters"]["dynamic_dims"] == DET32_DIMS
+    reply = stub.ModelMetadata(pb.ModelMetadataRequest(name="det32"), timeout=30)
+    assert reply.inputs[0].parameters["dynamic_dims"].string_param == DET32_DIMS
+
+
+def test_an_unknown_free_dimension_is_refused_at_load_naming_the_known_ones(served):
+    folder = served.repository / "det32-typo"
+    shutil.copytree(served.repository / "det32", folder)
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": "det32-typo", "implementation": "mlserver_npu.NPURuntime",
+        "parameters": {"uri": "./model.onnx", "extra": {"options": {"free_dimensions": {
+            "p2o.DynamicDimension.1": 64, "p2o.DynamicDimension.9": 64}}}}}))
+    served.assert_load_fails("det32-typo", [
+        "options.free_dimensions names 'p2o.DynamicDimension.9', which no input of the model "
+        "has; its symbolic dims: 'N' (x[0]), 'p2o.DynamicDimension.1' (x[2]), "
+        "'p2o.DynamicDimension.2' (x[3])"])
+
+
+def test_inspect_shows_the_names_and_options_shape_fixes_unnamed_dims(tmp_path):
+    model = multiple_of_32_model()
+    path = tmp_path / "det32.onnx"
+    onnx.save(model, path)
+    completed = cli("inspect", path)
+    assert completed.returncode == 0, completed.stderr
+    assert f"input    x  FP32 [-1, 3, -1, -1]  dynamic {DET32_DIMS}" in completed.stdout
+
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.ClearField("dim_param")  # unnamed: free_dimensions cannot reach them
+    folder = tmp_path / "unnamed"
+    folder.mkdir()
+    onnx.save(model, folder / "model.onnx")
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": "unnamed", "implementation": "mlserver_npu.NPURuntime",
+        "parameters": {"uri": "./model.onnx",
+                       "extra": {"options": {"shape": {"x": [-1, 3, 64, 96]}}}}}))
+    report = json.loads(cli("inspect", folder, "--json").stdout)
+    assert report["valid"], report
+    assert report["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 64, 96]}]

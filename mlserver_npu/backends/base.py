@@ -38,17 +38,30 @@ class Quantization:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A model input or output: name, numpy dtype, shape with None for dynamic dims, and the
-    quantization parameters of a quantized tensor."""
+    """A model input or output: name, numpy dtype, shape with None for dynamic dims, the
+    quantization parameters of a quantized tensor, and the model's own names of its dynamic
+    dims where it has them (ONNX's symbolic dims, e.g. `p2o.DynamicDimension.1`; an unnamed
+    dynamic dim is "")."""
 
     name: str
     dtype: np.dtype
     shape: Sequence[Optional[int]]
     quantization: Optional[Quantization] = None
+    dim_names: Optional[Sequence[Optional[str]]] = None
 
     @property
     def v2_shape(self) -> List[int]:
         return [-1 if dim is None else dim for dim in self.shape]
+
+    def dynamic_dims(self) -> Optional[str]:
+        """The dynamic axes with their names, as the metadata shows them: `0:N, 2:h, 3:`
+        (after the colon, the name `options.free_dimensions` takes; nothing when unnamed)."""
+        if self.dim_names is None or None not in self.shape:
+            return None
+        names = list(self.dim_names) + [""] * (len(self.shape) - len(self.dim_names))
+        return ", ".join(
+            f"{axis}:{names[axis] or ''}" for axis, dim in enumerate(self.shape) if dim is None
+        )
 
 
 def context_batch(context: Optional[Mapping[str, Any]]) -> int:

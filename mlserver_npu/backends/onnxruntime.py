@@ -5,7 +5,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
+from typing import Annotated, Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -92,6 +92,11 @@ class Options(BaseModel):
     free_dimensions: Dict[str, int] = Field(
         default_factory=dict, description="fix symbolic dimensions by name, e.g. {'N': 1}"
     )
+    shape: Dict[str, List[Annotated[int, Field(ge=-1)]]] = Field(
+        default_factory=dict,
+        description="fix input dims by input and axis, e.g. {'x': [1, 3, 640, 640]}; -1 "
+        "keeps a dim dynamic (for dims without a name; needs the onnx package)",
+    )
     batch_size: Optional[int] = Field(
         None, ge=1, description="qnn: the static batch of a dynamic axis 0"
     )
@@ -161,9 +166,79 @@ def _specs(args: List[Any]) -> List[TensorSpec]:
             name=arg.name,
             dtype=np.dtype(_DTYPES.get(arg.type, np.object_)),
             shape=[dim if isinstance(dim, int) and dim >= 0 else None for dim in arg.shape],
+            dim_names=[dim if isinstance(dim, str) else "" for dim in arg.shape],
         )
         for arg in args
     ]
+
+
+def _symbolic_dims(model: Union[str, bytes]) -> Dict[str, List[str]]:
+    """The symbolic dims of the model's inputs, name -> where ("x[2]"), from a session that
+    only parses the model."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model, so, providers=[CPU])
+    found: Dict[str, List[str]] = {}
+    for arg in session.get_inputs():
+        for axis, dim in enumerate(arg.shape):
+            if isinstance(dim, str) and dim:
+                found.setdefault(dim, []).append(f"{arg.name}[{axis}]")
+    return found
+
+
+def check_free_dimensions(model: Union[str, bytes], names: Iterable[str]) -> None:
+    """Refuse `options.free_dimensions` names that no input of the model has (onnxruntime
+    would ignore them), listing those it has."""
+    wanted = [name for name in names]
+    if not wanted:
+        return
+    known = _symbolic_dims(model)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        listed = ", ".join(f"'{name}' ({', '.join(where)})" for name, where in known.items())
+        raise BackendError(
+            f"options.free_dimensions names {', '.join(map(repr, unknown))}, which no input "
+            f"of the model has; its symbolic dims: {listed or 'none'}"
+            + ("" if listed else " (fix unnamed dims by input and axis with options.shape)")
+        )
+
+
+def reshaped(model_path: Path, shapes: Mapping[str, List[int]]) -> bytes:
+    """The model with its inputs' dims fixed as `options.shape` says (-1 keeps a dim
+    dynamic): the way to fix a dynamic dim that has no name. Needs the `onnx` package."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise BackendError(
+            f"options.shape needs the onnx package ({error}); pip install onnx"
+        ) from error
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as error:
+        raise BackendError(f"onnx cannot read '{model_path.name}': {error}") from error
+    inputs = {item.name: item for item in model.graph.input}
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise BackendError(
+                f"options.shape names input '{name}', which the model does not have; its "
+                f"inputs: {', '.join(inputs)}"
+            )
+        dims = inputs[name].type.tensor_type.shape.dim
+        if len(shape) != len(dims):
+            raise BackendError(
+                f"options.shape of input '{name}' has {len(shape)} dims, the input has "
+                f"{len(dims)}"
+            )
+        for axis, (dim, size) in enumerate(zip(dims, shape)):
+            if size == -1:
+                continue
+            if dim.HasField("dim_value") and dim.dim_value != size:
+                raise BackendError(
+                    f"options.shape of input '{name}': axis {axis} is fixed to "
+                    f"{dim.dim_value} in the model, not {size}"
+                )
+            dim.dim_value = size
+    return model.SerializeToString()
 
 
 # A run expected to be shorter than this runs on the event loop: handing it to a thread and
@@ -258,6 +333,18 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
     provider, device_options = parse_device(device)
     label = device or "cpu"
     warnings: List[str] = []
+    source: Union[str, bytes] = str(model_path)
+    try:
+        if options.shape:
+            if provider == qnn.PROVIDER:
+                raise BackendError("options.shape is not available on qnn yet: name the dims "
+                                   "(options.free_dimensions) or export a static shape")
+            source = reshaped(model_path, options.shape)
+        check_free_dimensions(source, options.free_dimensions)
+    except BackendError:
+        raise
+    except Exception as error:  # ORT's own exception types for a file it cannot parse
+        raise BackendError(f"onnxruntime cannot open '{model_path.name}': {error}") from error
     if provider == qnn.PROVIDER:
         try:
             return _open_qnn(model_path, label, device_options, options)
@@ -279,7 +366,8 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
     provider_options = {} if warnings else options.provider_options
     if options.cache and provider in EP_CACHE_OPTIONS:
         provider_options = {
-            **ep_cache_options(provider, model_path, {**device_options, **provider_options}),
+            **ep_cache_options(provider, model_path, {**device_options, **provider_options},
+                               options.shape),
             **provider_options,
         }
     providers: List[Any] = [(provider, {**device_options, **provider_options})]
@@ -287,7 +375,7 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
         providers.append(CPU)
     try:
         session = ort.InferenceSession(
-            str(model_path), sess_options=_session_options(options), providers=providers
+            source, sess_options=_session_options(options), providers=providers
         )
     except Exception as error:  # ORT raises its own exception types for bad files
         raise BackendError(f"onnxruntime cannot open '{model_path.name}': {error}") from error
@@ -303,12 +391,17 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
 
 
 def ep_cache_options(
-    provider: str, model_path: Path, provider_options: Mapping[str, Any]
+    provider: str, model_path: Path, provider_options: Mapping[str, Any],
+    shapes: Optional[Mapping[str, List[int]]] = None,
 ) -> Dict[str, str]:
-    """`EP_CACHE_OPTIONS[provider]` with a cache folder keyed by the model's digest and the
-    provider's options, so a changed model never meets a stale engine ({} without a cache)."""
-    facts = {"sha256": files_sha256([model_path]), "provider_options": dict(provider_options),
-             "onnxruntime": ort.__version__}
+    """`EP_CACHE_OPTIONS[provider]` with a cache folder keyed by the model's digest, the
+    provider's options and `options.shape`, so a changed model never meets a stale engine
+    ({} without a cache)."""
+    facts: Dict[str, Any] = {"sha256": files_sha256([model_path]),
+                             "provider_options": dict(provider_options),
+                             "onnxruntime": ort.__version__}
+    if shapes:
+        facts["shapes"] = dict(shapes)
     folder = cache_folder(provider.replace("ExecutionProvider", "").lower(), provider, facts)
     if folder is None:
         return {}
