@@ -144,11 +144,13 @@ class SessionPool:
             sessions.finished(index)
 
     async def warm_up(self) -> None:
-        """One batch of zeros on every session (outside the metrics), so that first-run costs
+        """One batch of ones on every session (outside the metrics), so that first-run costs
         (allocation, compilation, delegate set-up) are paid at load, and a broken session
-        fails the load rather than a request."""
+        fails the load rather than a request. Ones, not zeros: a model that divides by an
+        input (a temperature) would divide by 0, and QNN's HTP emulator logs an ERROR line
+        for each element it does so."""
         feeds = {
-            spec.name: np.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)
+            spec.name: np.ones([1 if dim is None else dim for dim in spec.shape], spec.dtype)
             for spec in self.sessions[0].inputs
         }
         await asyncio.gather(*(session.run(feeds) for session in self.sessions))

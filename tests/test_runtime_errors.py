@@ -238,3 +238,10 @@ def test_inspect_shows_the_names_and_options_shape_fixes_unnamed_dims(tmp_path):
     report = json.loads(cli("inspect", folder, "--json").stdout)
     assert report["valid"], report
     assert report["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 64, 96]}]
+
+
+def test_metadata_versions_list_the_models_version(served, stub):
+    assert served.http.get("/v2/models/digits").json()["versions"] == ["1"]
+    reply = stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=30)
+    assert list(reply.versions) == ["1"]
+    assert not served.http.get("/v2/models/det32").json().get("versions")  # none set
