@@ -39,6 +39,45 @@ def parse_extra(settings: ModelSettings, model: type, name: str):
         ) from None
 
 
+def parallel_workers() -> int:
+    """MLServer's `parallel_workers` when this process is one of its inference workers (the
+    model is then loaded once per worker), else 0."""
+    import multiprocessing
+
+    from mlserver.parallel.worker import Worker
+
+    process = multiprocessing.current_process()
+    return process._settings.parallel_workers if isinstance(process, Worker) else 0
+
+
+def exclusive_devices(backend: str, devices: Sequence[Optional[str]]) -> List[str]:
+    """The devices of `devices` that one process at a time can hold: FuriosaAI NPUs, QNN's
+    HTP, OpenVINO's NPU."""
+    held = []
+    for device in devices:
+        name = (device or "").strip()
+        if (backend == "furiosa"
+                or (backend == "onnxruntime" and name.lower().startswith("qnn"))
+                or (backend == "openvino" and "NPU" in name.upper())):
+            held.append(name or "default")
+    return held
+
+
+def check_not_shared(name: str, backend: str, devices: Sequence[Optional[str]]) -> None:
+    """A load error when several MLServer worker processes would each open a device that
+    cannot be shared."""
+    workers = parallel_workers()
+    held = exclusive_devices(backend, devices) if workers > 1 else []
+    if held:
+        raise ModelLoadError(
+            name,
+            f"parallel_workers is {workers}: each worker process would open device "
+            f"'{held[0]}' ({backend}), which one process at a time can hold; set "
+            "parallel_workers to 0 (settings.json, or MLSERVER_PARALLEL_WORKERS=0 where "
+            "settings.json does not set it) and use `sessions` and `batching` for concurrency",
+        )
+
+
 class ModelStages:
     """Request tensors -> decoder -> pool -> encoder -> response tensors, for one model."""
 
@@ -117,6 +156,7 @@ class ModelStages:
         version: Optional[str],
     ) -> "ModelStages":
         backend_name = config.backend_for(source.path)
+        check_not_shared(settings.name, backend_name, config.devices)
         backend = get_backend(backend_name)
         try:
             # The context gives backends the model-level facts their defaults depend on.

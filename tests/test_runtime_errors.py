@@ -245,3 +245,33 @@ def test_metadata_versions_list_the_models_version(served, stub):
     reply = stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=30)
     assert list(reply.versions) == ["1"]
     assert not served.http.get("/v2/models/det32").json().get("versions")  # none set
+
+
+@pytest.mark.parametrize("device,refused", [
+    ("warboy(1)*1", True), ("qnn:htp", True), ("AUTO:NPU,CPU", True), ("cpu", False),
+])
+def test_parallel_workers_are_refused_for_devices_one_process_holds(monkeypatch, device,
+                                                                   refused):
+    """In an MLServer inference worker of a server with 2 of them (the process MLServer's
+    parallel inference loads each model in), before any device is opened."""
+    import asyncio
+    import multiprocessing
+
+    from mlserver.parallel.worker import Worker
+    from mlserver.settings import ModelSettings, Settings
+    from mlserver_npu.errors import ModelLoadError
+    from mlserver_npu.stages import ModelStages
+
+    worker = Worker(Settings(parallel_workers=2), responses=None)
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: worker)
+    settings = ModelSettings(name="npu", implementation="mlserver_npu.NPURuntime", parameters={
+        "uri": str(MODEL_REPOSITORY / "digits" / "model.onnx"), "extra": {"device": device}})
+    try:
+        stages = asyncio.run(ModelStages.open(settings))
+    except ModelLoadError as error:
+        assert refused, error
+        assert "parallel_workers is 2: each worker process would open device" in str(error)
+        assert "MLSERVER_PARALLEL_WORKERS=0" in str(error)
+    else:
+        assert not refused
+        asyncio.run(stages.close())
