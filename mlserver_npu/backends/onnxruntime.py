@@ -210,7 +210,7 @@ def reshaped(model_path: Path, shapes: Mapping[str, List[int]]) -> bytes:
         import onnx
     except ImportError as error:
         raise BackendError(
-            f"options.shape needs the onnx package ({error}); pip install onnx"
+            f"options.shape needs the onnx package ({error}); pip install 'mlserver-npu[reshape]'"
         ) from error
     try:
         model = onnx.load(str(model_path))
