@@ -123,8 +123,7 @@ async def start_models(
         )
     if failures and not keep_going:
         return failures, None
-    if failures:
-        show_failures(server._model_repository_handlers, failures)
+    show_failures(server._model_repository_handlers, failures)  # and the watcher's, later
     served = {m.name for m in models if m.name not in failures}
     if not failures and not watch_all:
         return failures, None

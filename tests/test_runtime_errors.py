@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 import reference
 from reference import v2_input
 from server import (
-    MODEL_REPOSITORY, Server, cli, copy_model, copy_repository, fake_furiosa_env,
+    MODEL_REPOSITORY, Server, copy_model, copy_repository, fake_furiosa_env,
 )
 
 MAX_MESSAGE = 1200  # characters of any error message (errors.MESSAGE_LIMIT, and some JSON)
@@ -218,13 +218,15 @@ def test_an_unknown_free_dimension_is_refused_at_load_naming_the_known_ones(serv
         "'p2o.DynamicDimension.2' (x[3])"])
 
 
-def test_inspect_shows_the_names_and_options_shape_fixes_unnamed_dims(tmp_path):
+def test_inspect_shows_the_names_and_options_shape_fixes_unnamed_dims(tmp_path, capsys):
+    """`mlserver-npu inspect`, in this process (its load is the server's)."""
+    from mlserver_npu.cli import main
+
     model = multiple_of_32_model()
     path = tmp_path / "det32.onnx"
     onnx.save(model, path)
-    completed = cli("inspect", path)
-    assert completed.returncode == 0, completed.stderr
-    assert f"input    x  FP32 [-1, 3, -1, -1]  dynamic {DET32_DIMS}" in completed.stdout
+    assert main(["inspect", str(path)]) == 0
+    assert f"input    x  FP32 [-1, 3, -1, -1]  dynamic {DET32_DIMS}" in capsys.readouterr().out
 
     for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
         dim.ClearField("dim_param")  # unnamed: free_dimensions cannot reach them
@@ -235,8 +237,8 @@ def test_inspect_shows_the_names_and_options_shape_fixes_unnamed_dims(tmp_path):
         "name": "unnamed", "implementation": "mlserver_npu.NPURuntime",
         "parameters": {"uri": "./model.onnx",
                        "extra": {"options": {"shape": {"x": [-1, 3, 64, 96]}}}}}))
-    report = json.loads(cli("inspect", folder, "--json").stdout)
-    assert report["valid"], report
+    assert main(["inspect", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 64, 96]}]
 
 

