@@ -4,8 +4,10 @@ for the client's mistake (one INFO line in the log); a 500 / INTERNAL saying wha
 bounded, for the server's fault (its traceback logged once); MLServer's own 422 and 404
 bounded; 503 as UNAVAILABLE."""
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -21,6 +23,7 @@ from server import (
     MODEL_REPOSITORY, Server, copy_model, copy_repository, fake_furiosa_env,
 )
 
+CUSTOM_RUNTIME = Path(__file__).with_name("custom_runtime")
 MAX_MESSAGE = 1200  # characters of any error message (errors.MESSAGE_LIMIT, and some JSON)
 DEVICE_FAULT = "NPU npu:1:0 stopped answering (DMA timeout); " + "register dump " * 4000
 
@@ -60,7 +63,11 @@ def served(tmp_path_factory):
             "parameters": {"uri": "./model.onnx", "extra": extra}}))
     copy_model(MODEL_REPOSITORY / "digits", repository, "digits-npu",
                {"device": "warboy(1)*1", "options": {"batch_size": 4}})
+    (repository / "faulty").mkdir()
+    (repository / "faulty" / "model-settings.json").write_text(json.dumps(
+        {"name": "faulty", "implementation": "faulty.Faulty"}))
     env = fake_furiosa_env(root / "furiosa.jsonl", FAKE_FURIOSA_FAULT=DEVICE_FAULT)
+    env["PYTHONPATH"] += os.pathsep + str(CUSTOM_RUNTIME)
     running = Server.start(repository, root, env=env)
     yield running
     running.stop()
@@ -124,6 +131,21 @@ def test_a_device_fault_is_a_500_that_says_what_failed_bounded(served, stub):
         grpc_infer(stub, "digits-npu", pixels)
     assert raised.value.code() == grpc.StatusCode.INTERNAL
     assert raised.value.details() == message
+
+
+def test_an_unexpected_exception_is_a_500_saying_what_failed_never_a_bare_one(served, stub):
+    """Another runtime's bug (an exception that is no MLServer error): MLServer would answer
+    REST with a bare text `Internal Server Error`, and gRPC with the whole message."""
+    response = served.infer("faulty", [v2_input("input", reference.digits(1))])
+    assert response.status_code == 500, response.text[:300]
+    message = response.json()["error"]
+    assert message.startswith("internal error: RuntimeError: the runtime's state is broken: ")
+    assert "characters cut" in message and len(message) <= MAX_MESSAGE
+    with pytest.raises(grpc.RpcError) as raised:
+        grpc_infer(stub, "faulty", reference.digits(1))
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert raised.value.details().startswith("the runtime's state is broken: ")
+    assert len(raised.value.details()) <= MAX_MESSAGE
 
 
 def test_fastapi_422_and_404_bodies_are_bounded(served):
