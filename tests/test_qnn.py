@@ -99,3 +99,10 @@ def test_compiling_the_qnn_example_prints_no_emulator_errors(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "digits-qnn: onnxruntime on qnn:htp" in completed.stdout
     assert "ERROR" not in completed.stderr, completed.stderr
+
+
+def test_options_shape_fixes_dimensions_by_input_and_axis(qnnserver, tmp_path):
+    """The way for a dimension without a name; here it fixes L by axis."""
+    check_static_shape_rule(
+        qnnserver, tmp_path, "qnn:htp", {**ON_QNN, "shape": {"x": [-1, 5]}},
+        ["input 'x' has dynamic dimension 1 (['N', 'L']) and QNN needs static shapes"])

@@ -336,9 +336,6 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
     source: Union[str, bytes] = str(model_path)
     try:
         if options.shape:
-            if provider == qnn.PROVIDER:
-                raise BackendError("options.shape is not available on qnn yet: name the dims "
-                                   "(options.free_dimensions) or export a static shape")
             source = reshaped(model_path, options.shape)
         check_free_dimensions(source, options.free_dimensions)
     except BackendError:
@@ -347,7 +344,7 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
         raise BackendError(f"onnxruntime cannot open '{model_path.name}': {error}") from error
     if provider == qnn.PROVIDER:
         try:
-            return _open_qnn(model_path, label, device_options, options)
+            return _open_qnn(model_path, source, label, device_options, options)
         except qnn.QNNUnavailable as error:
             _fall_back(str(error), options, warnings)
             provider, device_options, label = CPU, {}, "cpu"
@@ -409,7 +406,8 @@ def ep_cache_options(
 
 
 def _open_qnn(
-    model_path: Path, label: str, device_options: Dict[str, Any], options: Options
+    model_path: Path, source: Union[str, bytes], label: str, device_options: Dict[str, Any],
+    options: Options,
 ) -> OnnxRuntimeSession:
     ep_options = {k: str(v) for k, v in {**device_options, **options.provider_options}.items()}
     settings = options.model_dump(exclude={"fallback_to_cpu", "cache", "provider_options"})
@@ -417,6 +415,7 @@ def _open_qnn(
         session, details = qnn.open_session(
             model_path, lambda: _session_options(options), ep_options, options._static_batch,
             options.free_dimensions, options.cache, settings,
+            source if isinstance(source, bytes) else None,
         )
     except BackendError:
         raise
