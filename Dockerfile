@@ -33,6 +33,7 @@ ENV PATH=/opt/mlserver-npu/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MLSERVER_MODEL_IMPLEMENTATION=mlserver_npu.NPURuntime \
+    MLSERVER_HOST=0.0.0.0 \
     MLSERVER_HTTP_PORT=8080 \
     MLSERVER_GRPC_PORT=8081 \
     MLSERVER_METRICS_PORT=8082 \
@@ -59,4 +60,7 @@ EXPOSE 8080 8081 8082
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD \
     python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['MLSERVER_HTTP_PORT'] + '/v2/health/ready', timeout=4)"
 # MLSERVER_MODELS_DIR as in MLServer's own image: Seldon Core 2 points it at its agent's folder.
-CMD ["sh", "-c", "exec mlserver start \"$MLSERVER_MODELS_DIR\""]
+# `mlserver-npu start` is `mlserver start` that exits 1 when a model fails to load (MLServer
+# exits 0, so a restart policy never fires); MLSERVER_NPU_KEEP_GOING=1 serves the others and
+# loads the broken one again when its files change.
+CMD ["sh", "-c", "exec mlserver-npu start \"$MLSERVER_MODELS_DIR\""]

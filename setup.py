@@ -84,6 +84,8 @@ setup(
         "openvino": ["openvino>=2024.0"],
         # Qualcomm NPUs (device "qnn"): the plugin EP needs onnxruntime >= 1.24.2
         "qnn": ["onnxruntime-qnn>=2.7", "onnxruntime>=1.24.2"],
+        # onnxruntime's options.shape (fixing unnamed dynamic dims) rewrites the model with onnx
+        "reshape": ["onnx>=1.15"],
     },
     entry_points={"console_scripts": ["mlserver-npu=mlserver_npu.cli:main"]},
     classifiers=[

@@ -9,7 +9,19 @@ from typing import Any
 from fastapi import status
 from mlserver.errors import InferenceError, MLServerError
 
-__all__ = ["ConfigurationError", "InferenceError", "ModelLoadError", "ModelUnloaded", "shorten"]
+__all__ = [
+    "ConfigurationError",
+    "InferenceError",
+    "ModelLoadError",
+    "ModelUnloaded",
+    "ServerFault",
+    "bounded",
+    "shorten",
+]
+
+# The longest error message a reply carries (REST body, gRPC details): any longer text keeps
+# its head and tail.
+MESSAGE_LIMIT = 1000
 
 # Client data in messages: a 20 MB string or a million-element list must not come back whole.
 _REPR = reprlib.Repr()
@@ -26,6 +38,17 @@ def shorten(value: Any, limit: int = 100) -> str:
     except ValueError:  # an int too long for str() (Python's 4300-digit limit)
         text = f"<{type(value).__name__} too long to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bounded(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` (a message that may quote client data or a runtime's report) cut in the middle
+    to at most about `limit` characters, so that both its start and its end survive:
+    `Model 'nnnn...[4999800 characters cut]...nnnn' not found`."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 40, 20)
+    head, tail = keep * 2 // 3, keep // 3
+    return f"{text[:head]}...[{len(text) - head - tail} characters cut]...{text[-tail:]}"
 
 
 class ModelLoadError(MLServerError):
@@ -46,6 +69,19 @@ class ModelUnloaded(MLServerError):
         super().__init__(
             f"model '{model_name}' was unloaded before this request ran; retry",
             status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+
+class ServerFault(MLServerError):
+    """A failure of the server or the device, not of the request: a 500 (gRPC INTERNAL) that
+    says what failed, bounded. Whoever raises it has logged its traceback (`logged`)."""
+
+    logged = True
+
+    def __init__(self, what: str, error: BaseException):
+        super().__init__(
+            bounded(f"{what}: {type(error).__name__}: {error}"),
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
         )
 
 

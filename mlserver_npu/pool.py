@@ -144,12 +144,14 @@ class SessionPool:
             sessions.finished(index)
 
     async def warm_up(self, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> None:
-        """One batch of zeros on every session (outside the metrics), so that first-run costs
+        """One batch of ones on every session (outside the metrics), so that first-run costs
         (allocation, compilation, delegate set-up) are paid at load, and a broken session
         fails the load rather than a request. `shapes`: the feed shape of inputs with
-        dynamic dimensions (default: 1 for each dynamic dimension)."""
+        dynamic dimensions (default: 1 for each dynamic dimension). Ones, not zeros: a model
+        that divides by an input (a temperature) would divide by 0, and QNN's HTP emulator
+        logs an ERROR line for each element it does so."""
         feeds = {
-            spec.name: np.zeros(self.warm_up_shape(spec, shapes), spec.dtype)
+            spec.name: np.ones(self.warm_up_shape(spec, shapes), spec.dtype)
             for spec in self.sessions[0].inputs
         }
         await asyncio.gather(*(session.run(feeds) for session in self.sessions))

@@ -23,6 +23,7 @@ from mlserver.rest.server import RESTServer
 from packaging.version import Version
 from starlette.applications import Starlette
 
+from .rest_errors import BoundedErrors
 from .wire import SUPPORTED, fingerprint
 
 logger = logging.getLogger("mlserver.npu")
@@ -30,7 +31,7 @@ logger = logging.getLogger("mlserver.npu")
 ASGIApp = Callable[..., Any]
 
 # The ASGI middleware classes the boundary puts in front of MLServer's app, outermost first.
-LAYERS: List[Callable[[ASGIApp], ASGIApp]] = []
+LAYERS: List[Callable[[ASGIApp], ASGIApp]] = [BoundedErrors]
 
 # What `install` wraps, with the sha256 of its source in MLServer 1.7.1.
 CHECKED: Dict[str, Tuple[Callable[[], Callable], str]] = {

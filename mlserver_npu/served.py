@@ -7,9 +7,9 @@ from contextlib import contextmanager
 from typing import Any, AsyncIterator, Iterator
 
 from mlserver import MLModel
-from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
-from . import rest, wire
+from . import grpc_errors, rest, wire
 from .errors import ModelLoadError
 from .metrics import ModelMetrics
 from .settings import NPUEnvironment
@@ -21,7 +21,9 @@ logger = logging.getLogger("mlserver.npu")
 class ServedModel(MLModel):
     def __init__(self, *args: Any, **kwargs: Any):
         # Before MLServer's on-load callbacks run, which hand the REST app to rest.py.
-        rest.install(NPUEnvironment.from_env().rest_boundary)
+        environment = NPUEnvironment.from_env()
+        rest.install(environment.rest_boundary)
+        grpc_errors.install(environment.grpc_errors)
         super().__init__(*args, **kwargs)
 
     @contextmanager
@@ -45,6 +47,14 @@ class ServedModel(MLModel):
         self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
         self._metrics = ModelMetrics(self.name, self.version)  # no series for a failed load
         self._metrics.load(time.perf_counter() - started)
+
+    async def metadata(self) -> MetadataModelResponse:
+        """MLServer's, with `versions` listing the model's `parameters.version` (MLServer
+        leaves it to the top-level `versions` key, which no one sets)."""
+        metadata = await super().metadata()
+        if not metadata.versions and self.version:
+            metadata.versions = [self.version]
+        return metadata
 
     def unserve(self) -> None:
         """At `unload`: undo what `loading` registered."""

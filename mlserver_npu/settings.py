@@ -178,6 +178,12 @@ class NPUEnvironment(BaseSettings):
     progress_interval: float = Field(10.0, gt=0, description="seconds between progress logs")
     zero_copy: bool = Field(True, description="gRPC raw tensors as numpy views (wire.py)")
     rest_boundary: bool = Field(True, description="the plugin's REST layers (rest.py)")
+    keep_going: bool = Field(
+        False, description="serve on when a start-up model fails (serve, start: --keep-going)"
+    )
+    grpc_errors: bool = Field(
+        True, description="one log line per gRPC client error, bounded details (grpc_errors.py)"
+    )
 
     @classmethod
     def from_env(cls) -> "NPUEnvironment":

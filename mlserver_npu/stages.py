@@ -3,11 +3,12 @@ preprocessing), the session pool on the devices, and the output encoder (postpro
 codecs). NPURuntime serves one; a Pipeline runs several in one request."""
 import ast
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from mlserver.errors import InferenceError
+from mlserver.errors import InferenceError, MLServerError
 from mlserver.settings import ModelSettings
 from mlserver.types import Parameters, RequestInput, RequestOutput, ResponseOutput
 from mlserver.utils import to_absolute_path
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from .backends import BackendError, InvalidInput, get_backend, model_metadata, session_details
 from .batcher import Batcher
 from .drain import Drain
-from .errors import ConfigurationError, ModelLoadError, shorten
+from .errors import ConfigurationError, ModelLoadError, ServerFault, bounded, shorten
 from .metrics import stage
 from .pool import SessionPool
 from .processing.inputs import Decoded, InputDecoder
@@ -24,6 +25,8 @@ from .processing.outputs import OutputEncoder
 from .processing.postprocess import BuildContext, RequestContext, build_all
 from .settings import NPUEnvironment, NPUSettings, describe_validation_error
 from .sources import ModelSource, SourceError, resolve_model
+
+logger = logging.getLogger("mlserver.npu")
 
 
 def parse_extra(settings: ModelSettings, model: type, name: str):
@@ -70,6 +73,45 @@ def request_context(
         tiles=decoded.tiles,
         as_arrays=as_arrays,
     )
+
+
+def parallel_workers() -> int:
+    """MLServer's `parallel_workers` when this process is one of its inference workers (the
+    model is then loaded once per worker), else 0."""
+    import multiprocessing
+
+    from mlserver.parallel.worker import Worker
+
+    process = multiprocessing.current_process()
+    return process._settings.parallel_workers if isinstance(process, Worker) else 0
+
+
+def exclusive_devices(backend: str, devices: Sequence[Optional[str]]) -> List[str]:
+    """The devices of `devices` that one process at a time can hold: FuriosaAI NPUs, QNN's
+    HTP, OpenVINO's NPU."""
+    held = []
+    for device in devices:
+        name = (device or "").strip()
+        if (backend == "furiosa"
+                or (backend == "onnxruntime" and name.lower().startswith("qnn"))
+                or (backend == "openvino" and "NPU" in name.upper())):
+            held.append(name or "default")
+    return held
+
+
+def check_not_shared(name: str, backend: str, devices: Sequence[Optional[str]]) -> None:
+    """A load error when several MLServer worker processes would each open a device that
+    cannot be shared."""
+    workers = parallel_workers()
+    held = exclusive_devices(backend, devices) if workers > 1 else []
+    if held:
+        raise ModelLoadError(
+            name,
+            f"parallel_workers is {workers}: each worker process would open device "
+            f"'{held[0]}' ({backend}), which one process at a time can hold; set "
+            "parallel_workers to 0 (settings.json, or MLSERVER_PARALLEL_WORKERS=0 where "
+            "settings.json does not set it) and use `sessions` and `batching` for concurrency",
+        )
 
 
 class ModelStages:
@@ -199,6 +241,7 @@ class ModelStages:
         version: Optional[str],
     ) -> "ModelStages":
         backend_name = config.backend_for(source.path)
+        check_not_shared(settings.name, backend_name, config.devices)
         backend = get_backend(backend_name)
         try:
             # The context gives backends the model-level facts their defaults depend on.
@@ -235,7 +278,13 @@ class ModelStages:
             with self._requests.running(), stage("device"):
                 return await (self.batcher or self.pool).run(feeds)
         except InvalidInput as error:
-            raise InferenceError(f"the model rejected the inputs: {error}") from error
+            raise InferenceError(bounded(f"the model rejected the inputs: {error}")) from error
+        except MLServerError:
+            raise
+        except Exception as error:  # the device or the runtime failed: the server's fault
+            logger.exception("Model '%s': the device run failed", self.settings.name)
+            raise ServerFault(f"the device run of model '{self.settings.name}' failed",
+                              error) from error
 
     async def infer(
         self,

@@ -41,7 +41,11 @@ def content_type_of(parameters: Optional[Parameters]) -> Optional[str]:
 
 
 def metadata_of(spec: TensorSpec) -> MetadataTensor:
-    parameters = Parameters(**spec.quantization.parameters()) if spec.quantization else None
+    values = dict(spec.quantization.parameters()) if spec.quantization else {}
+    dynamic = spec.dynamic_dims()
+    if dynamic and None in spec.shape[1:]:  # not for the batch axis alone: the pool's
+        values["dynamic_dims"] = dynamic
+    parameters = Parameters(**values) if values else None
     return MetadataTensor(
         name=spec.name, datatype=datatype_of(spec.dtype), shape=spec.v2_shape,
         parameters=parameters,

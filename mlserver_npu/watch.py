@@ -18,6 +18,7 @@ import httpx
 from mlserver.handlers import ModelRepositoryHandlers
 from mlserver.utils import to_absolute_path
 
+from .errors import bounded
 from .repository import PathsRepository, RepositoryError, Unit
 
 logger = logging.getLogger("mlserver.npu")
@@ -99,10 +100,21 @@ class Served:
 
 
 class Watcher:
-    def __init__(self, repository: PathsRepository, driver: Driver, interval: float):
+    def __init__(
+        self,
+        repository: PathsRepository,
+        driver: Driver,
+        interval: float,
+        only: Optional[Set[Path]] = None,
+        failures: Optional[Dict[str, str]] = None,
+    ):
+        """`only`: the sources to watch (default: every one); `failures`: model name -> why
+        its last load failed, kept up to date (the repository index shows it)."""
         self.repository = repository
         self.driver = driver
         self.interval = interval
+        self.only = only
+        self.failures = failures if failures is not None else {}
         self._known: Dict[Path, Served] = {}
         self._pending: Dict[Path, Fingerprint] = {}
 
@@ -137,8 +149,16 @@ class Watcher:
             if name in served:
                 self._known[unit.path] = Served(self.fingerprint(unit), name)
 
+    def adopt_failed(self, paths: Set[Path]) -> None:
+        """Take these sources, whose models failed to load, as they are now: each is tried
+        again once it changes."""
+        for unit in self.repository.units():
+            if unit.path in paths:
+                self._known[unit.path] = Served(self.fingerprint(unit), None)
+
     async def poll(self) -> None:
-        units = {unit.path: unit for unit in self.repository.units()}
+        units = {unit.path: unit for unit in self.repository.units()
+                 if self.only is None or unit.path in self.only}
         for path, unit in units.items():
             fingerprint = self.fingerprint(unit)
             known = self._known.get(path)
@@ -155,6 +175,7 @@ class Watcher:
 
     async def _apply(self, unit: Unit, fingerprint: Fingerprint, known: Optional[Served]) -> None:
         previous = known.name if known else None
+        name = None
         try:
             name = self.repository.read(unit).name
             await self.driver.load(name)
@@ -162,6 +183,8 @@ class Watcher:
             logger.warning("watch: server unreachable (%s); trying again", error)
             return
         except Exception as error:
+            if name is not None:
+                self.failures[name] = bounded(str(getattr(error, "reason", None) or error))
             kept = f"; model '{previous}' keeps serving its previous version" if previous else ""
             logger.error(
                 "watch: '%s' failed to load: %s (tried again when it changes%s)",
@@ -172,6 +195,7 @@ class Watcher:
             return
         self._pending.pop(unit.path, None)
         self._known[unit.path] = Served(fingerprint, name)
+        self.failures.pop(name, None)
         logger.info("watch: %s model '%s' from '%s'",
                     "reloaded" if previous == name else "loaded", name, unit.path)
         if previous and previous != name:

@@ -419,4 +419,9 @@ def test_after_the_whole_corpus_at_once_the_server_answers_right(hostile, stub):
     np.testing.assert_allclose(np.reshape(outputs["probabilities"].fp32_contents, (3, 10)),
                                want["probabilities"], rtol=1e-5, atol=1e-6)
     assert hostile.process.poll() is None
-    assert "Exception in ASGI application" not in hostile.log()  # how a REST 500 is logged
+    log = hostile.log()
+    assert "Exception in ASGI application" not in log  # how a REST 500 is logged
+    # a client's mistake is one INFO line (gRPC), no traceback, nothing at ERROR
+    assert log.count("Traceback (most recent call last)") == 0, log[-3000:]
+    assert [line for line in log.splitlines() if " ERROR " in line] == []
+    assert log.count("ModelInfer of model 'digits' refused (400)") >= 6

@@ -10,7 +10,7 @@ pytest.importorskip(
 
 import reference  # noqa: E402
 from reference import v2_input  # noqa: E402
-from server import MODEL_REPOSITORY, copy_model, grpc_calls  # noqa: E402
+from server import MODEL_REPOSITORY, REPO, cli, copy_model, grpc_calls  # noqa: E402
 from test_openvino import (  # noqa: E402
     check_outputs,
     check_static_shape_rule,
@@ -89,3 +89,20 @@ def test_a_qnn_backend_that_does_not_start_fails_the_load(qnnserver):
     parameters = qnnserver.http.get("/v2/models/qnn-cpu-fallback").json()["parameters"]
     assert parameters["devices"] == "cpu"
     assert "QNN (cpu) took no node" in parameters["warnings"]
+
+
+def test_compiling_the_qnn_example_prints_no_emulator_errors(tmp_path):
+    """The load's warm-up runs on ones: on zeros, the example divides by its temperature
+    input 0 and the HTP emulator prints `ERROR:You shouldn't be dividing by 0` per element."""
+    completed = cli("compile", REPO / "examples" / "qnn",
+                    env={"MLSERVER_NPU_CACHE_DIR": str(tmp_path)})
+    assert completed.returncode == 0, completed.stderr
+    assert "digits-qnn: onnxruntime on qnn:htp" in completed.stdout
+    assert "ERROR" not in completed.stderr, completed.stderr
+
+
+def test_options_shape_fixes_dimensions_by_input_and_axis(qnnserver, tmp_path):
+    """The way for a dimension without a name; here it fixes L by axis."""
+    check_static_shape_rule(
+        qnnserver, tmp_path, "qnn:htp", {**ON_QNN, "shape": {"x": [-1, 5]}},
+        ["input 'x' has dynamic dimension 1 (['N', 'L']) and QNN needs static shapes"])

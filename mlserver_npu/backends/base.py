@@ -4,6 +4,7 @@ A backend turns (model file, device, options) into one `Session`; the pool holds
 and the runtime never sees which backend it is talking to.
 """
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +40,30 @@ class Quantization:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A model input or output: name, numpy dtype, shape with None for dynamic dims, and the
-    quantization parameters of a quantized tensor."""
+    """A model input or output: name, numpy dtype, shape with None for dynamic dims, the
+    quantization parameters of a quantized tensor, and the model's own names of its dynamic
+    dims where it has them (ONNX's symbolic dims, e.g. `p2o.DynamicDimension.1`; an unnamed
+    dynamic dim is "")."""
 
     name: str
     dtype: np.dtype
     shape: Sequence[Optional[int]]
     quantization: Optional[Quantization] = None
+    dim_names: Optional[Sequence[Optional[str]]] = None
 
     @property
     def v2_shape(self) -> List[int]:
         return [-1 if dim is None else dim for dim in self.shape]
+
+    def dynamic_dims(self) -> Optional[str]:
+        """The dynamic axes with their names, as the metadata shows them: `0:N, 2:h, 3:`
+        (after the colon, the name `options.free_dimensions` takes; nothing when unnamed)."""
+        if self.dim_names is None or None not in self.shape:
+            return None
+        names = list(self.dim_names) + [""] * (len(self.shape) - len(self.dim_names))
+        return ", ".join(
+            f"{axis}:{names[axis] or ''}" for axis, dim in enumerate(self.shape) if dim is None
+        )
 
 
 def context_batch(context: Optional[Mapping[str, Any]]) -> int:
@@ -65,6 +79,20 @@ class BackendError(Exception):
 
 class InvalidInput(BackendError):
     """The device refused a request's tensors (e.g. inconsistent batch sizes): a client error."""
+
+
+# Words of a runtime's report when a kernel cannot take the request's sizes (a dynamic
+# dimension the graph cannot take, e.g. sides that must be multiples of 32): the client's to
+# fix. Any other failure of a run is the server's (a 500).
+_INPUT_FAILURE = re.compile(
+    r"broadcast|shape|dimension|\brank\b|\baxis\b|mismatch|sizes?\b|out of range|invalid",
+    re.I,
+)
+
+
+def is_input_failure(message: str) -> bool:
+    """Whether a runtime's report of a failed run blames the request's tensors."""
+    return bool(_INPUT_FAILURE.search(message))
 
 
 class Session(Protocol):

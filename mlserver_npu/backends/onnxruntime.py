@@ -2,18 +2,19 @@
 import asyncio
 import logging
 import math
+import re
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
+from typing import Annotated, Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from . import qnn
-from .base import BackendError, InvalidInput, TensorSpec, context_batch
+from .base import BackendError, InvalidInput, TensorSpec, context_batch, is_input_failure
 from .compiled import cache_folder, files_sha256
 
 logger = logging.getLogger("mlserver.npu")
@@ -91,6 +92,11 @@ class Options(BaseModel):
     free_dimensions: Dict[str, int] = Field(
         default_factory=dict, description="fix symbolic dimensions by name, e.g. {'N': 1}"
     )
+    shape: Dict[str, List[Annotated[int, Field(ge=-1)]]] = Field(
+        default_factory=dict,
+        description="fix input dims by input and axis, e.g. {'x': [1, 3, 640, 640]}; -1 "
+        "keeps a dim dynamic (for dims without a name; needs the onnx package)",
+    )
     batch_size: Optional[int] = Field(
         None, ge=1, description="qnn: the static batch of a dynamic axis 0"
     )
@@ -160,9 +166,79 @@ def _specs(args: List[Any]) -> List[TensorSpec]:
             name=arg.name,
             dtype=np.dtype(_DTYPES.get(arg.type, np.object_)),
             shape=[dim if isinstance(dim, int) and dim >= 0 else None for dim in arg.shape],
+            dim_names=[dim if isinstance(dim, str) else "" for dim in arg.shape],
         )
         for arg in args
     ]
+
+
+def _symbolic_dims(model: Union[str, bytes]) -> Dict[str, List[str]]:
+    """The symbolic dims of the model's inputs, name -> where ("x[2]"), from a session that
+    only parses the model."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model, so, providers=[CPU])
+    found: Dict[str, List[str]] = {}
+    for arg in session.get_inputs():
+        for axis, dim in enumerate(arg.shape):
+            if isinstance(dim, str) and dim:
+                found.setdefault(dim, []).append(f"{arg.name}[{axis}]")
+    return found
+
+
+def check_free_dimensions(model: Union[str, bytes], names: Iterable[str]) -> None:
+    """Refuse `options.free_dimensions` names that no input of the model has (onnxruntime
+    would ignore them), listing those it has."""
+    wanted = [name for name in names]
+    if not wanted:
+        return
+    known = _symbolic_dims(model)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        listed = ", ".join(f"'{name}' ({', '.join(where)})" for name, where in known.items())
+        raise BackendError(
+            f"options.free_dimensions names {', '.join(map(repr, unknown))}, which no input "
+            f"of the model has; its symbolic dims: {listed or 'none'}"
+            + ("" if listed else " (fix unnamed dims by input and axis with options.shape)")
+        )
+
+
+def reshaped(model_path: Path, shapes: Mapping[str, List[int]]) -> bytes:
+    """The model with its inputs' dims fixed as `options.shape` says (-1 keeps a dim
+    dynamic): the way to fix a dynamic dim that has no name. Needs the `onnx` package."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise BackendError(
+            f"options.shape needs the onnx package ({error}); pip install 'mlserver-npu[reshape]'"
+        ) from error
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as error:
+        raise BackendError(f"onnx cannot read '{model_path.name}': {error}") from error
+    inputs = {item.name: item for item in model.graph.input}
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise BackendError(
+                f"options.shape names input '{name}', which the model does not have; its "
+                f"inputs: {', '.join(inputs)}"
+            )
+        dims = inputs[name].type.tensor_type.shape.dim
+        if len(shape) != len(dims):
+            raise BackendError(
+                f"options.shape of input '{name}' has {len(shape)} dims, the input has "
+                f"{len(dims)}"
+            )
+        for axis, (dim, size) in enumerate(zip(dims, shape)):
+            if size == -1:
+                continue
+            if dim.HasField("dim_value") and dim.dim_value != size:
+                raise BackendError(
+                    f"options.shape of input '{name}': axis {axis} is fixed to "
+                    f"{dim.dim_value} in the model, not {size}"
+                )
+            dim.dim_value = size
+    return model.SerializeToString()
 
 
 # A run expected to be shorter than this runs on the event loop: handing it to a thread and
@@ -172,6 +248,37 @@ INLINE_RUN_SECONDS = 50e-6
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int:
     return max((array.shape[0] for array in feeds.values() if array.ndim), default=1)
+
+
+_STATUS = re.compile(
+    r"^(?:\[ONNXRuntimeError\] : \d+ : \w+ : )?"
+    r"(?:Non-zero status code returned while running (?P<op>\S+) node\. "
+    r"Name:'(?P<node>[^']*)' Status Message: )?(?P<message>.*)$",
+    re.S,
+)
+# onnxruntime's source location and failed check before its message:
+# "/onnxruntime_src/.../element_wise_ops.h:563 void onnxruntime::...(...) axis == 1 was false. "
+_SOURCE = re.compile(r"^\S+:\d+ .*? was false\.\s*", re.S)
+
+
+def run_failure(error: Exception) -> str:
+    """onnxruntime's report of a failed run, without its prefixes and source locations:
+    "Add node 'up': Attempting to broadcast an axis by a dimension other than 1. 32 by 40"."""
+    match = _STATUS.match(str(error).strip())
+    if match is None:  # the pattern matches any text; kept for the type checker
+        return str(error)
+    message = _SOURCE.sub("", match["message"]).strip()
+    if match["op"]:
+        return f"{match['op']} node '{match['node']}': {message}"
+    return message
+
+
+def rejects_input(error: Exception) -> bool:
+    """Whether a failed run was the request's doing: onnxruntime's INVALID_ARGUMENT, or a
+    kernel that could not take the request's sizes."""
+    if isinstance(error, InvalidArgument):
+        return True
+    return isinstance(error, Fail) and is_input_failure(run_failure(error))
 
 
 class OnnxRuntimeSession:
@@ -186,10 +293,14 @@ class OnnxRuntimeSession:
         self.metadata: Dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self._output_names = [spec.name for spec in self.outputs]
         self._seconds_per_row = math.inf  # the latest run's; unknown until the first run
+        # A failed run raises with the reason, which the runtime reports: without this,
+        # onnxruntime also prints it to stderr at ERROR, once per rejected request.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
 
     def _run(self, feeds: Dict[str, np.ndarray], rows: int) -> List[np.ndarray]:
         start = time.perf_counter()
-        results = self._session.run(self._output_names, feeds)
+        results = self._session.run(self._output_names, feeds, self._run_options)
         self._seconds_per_row = (time.perf_counter() - start) / max(rows, 1)
         return results
 
@@ -201,8 +312,10 @@ class OnnxRuntimeSession:
             else:
                 # ORT releases the GIL while it computes: a thread keeps the event loop free.
                 results = await asyncio.to_thread(self._run, dict(feeds), rows)
-        except InvalidArgument as error:
-            raise InvalidInput(str(error)) from error
+        except (InvalidArgument, Fail) as error:
+            if rejects_input(error):
+                raise InvalidInput(run_failure(error)) from error
+            raise
         return dict(zip(self._output_names, results))
 
     async def close(self) -> None:
@@ -221,9 +334,18 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
     provider, device_options = parse_device(device)
     label = device or "cpu"
     warnings: List[str] = []
+    source: Union[str, bytes] = str(model_path)
+    try:
+        if options.shape:
+            source = reshaped(model_path, options.shape)
+        check_free_dimensions(source, options.free_dimensions)
+    except BackendError:
+        raise
+    except Exception as error:  # ORT's own exception types for a file it cannot parse
+        raise BackendError(f"onnxruntime cannot open '{model_path.name}': {error}") from error
     if provider == qnn.PROVIDER:
         try:
-            return _open_qnn(model_path, label, device_options, options)
+            return _open_qnn(model_path, source, label, device_options, options)
         except qnn.QNNUnavailable as error:
             _fall_back(str(error), options, warnings)
             provider, device_options, label = CPU, {}, "cpu"
@@ -242,7 +364,8 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
     provider_options = {} if warnings else options.provider_options
     if options.cache and provider in EP_CACHE_OPTIONS:
         provider_options = {
-            **ep_cache_options(provider, model_path, {**device_options, **provider_options}),
+            **ep_cache_options(provider, model_path, {**device_options, **provider_options},
+                               options.shape),
             **provider_options,
         }
     providers: List[Any] = [(provider, {**device_options, **provider_options})]
@@ -250,7 +373,7 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
         providers.append(CPU)
     try:
         session = ort.InferenceSession(
-            str(model_path), sess_options=_session_options(options), providers=providers
+            source, sess_options=_session_options(options), providers=providers
         )
     except Exception as error:  # ORT raises its own exception types for bad files
         raise BackendError(f"onnxruntime cannot open '{model_path.name}': {error}") from error
@@ -266,12 +389,17 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
 
 
 def ep_cache_options(
-    provider: str, model_path: Path, provider_options: Mapping[str, Any]
+    provider: str, model_path: Path, provider_options: Mapping[str, Any],
+    shapes: Optional[Mapping[str, List[int]]] = None,
 ) -> Dict[str, str]:
-    """`EP_CACHE_OPTIONS[provider]` with a cache folder keyed by the model's digest and the
-    provider's options, so a changed model never meets a stale engine ({} without a cache)."""
-    facts = {"sha256": files_sha256([model_path]), "provider_options": dict(provider_options),
-             "onnxruntime": ort.__version__}
+    """`EP_CACHE_OPTIONS[provider]` with a cache folder keyed by the model's digest, the
+    provider's options and `options.shape`, so a changed model never meets a stale engine
+    ({} without a cache)."""
+    facts: Dict[str, Any] = {"sha256": files_sha256([model_path]),
+                             "provider_options": dict(provider_options),
+                             "onnxruntime": ort.__version__}
+    if shapes:
+        facts["shapes"] = dict(shapes)
     folder = cache_folder(provider.replace("ExecutionProvider", "").lower(), provider, facts)
     if folder is None:
         return {}
@@ -279,7 +407,8 @@ def ep_cache_options(
 
 
 def _open_qnn(
-    model_path: Path, label: str, device_options: Dict[str, Any], options: Options
+    model_path: Path, source: Union[str, bytes], label: str, device_options: Dict[str, Any],
+    options: Options,
 ) -> OnnxRuntimeSession:
     ep_options = {k: str(v) for k, v in {**device_options, **options.provider_options}.items()}
     settings = options.model_dump(exclude={"fallback_to_cpu", "cache", "provider_options"})
@@ -287,6 +416,7 @@ def _open_qnn(
         session, details = qnn.open_session(
             model_path, lambda: _session_options(options), ep_options, options._static_batch,
             options.free_dimensions, options.cache, settings,
+            source if isinstance(source, bytes) else None,
         )
     except BackendError:
         raise

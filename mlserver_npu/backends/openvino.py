@@ -8,6 +8,7 @@ thread waits on a run. Compiled models are kept in the compiled-model cache (com
 """
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from .base import BackendError, InvalidInput, TensorSpec, context_batch
+from .base import BackendError, InvalidInput, TensorSpec, context_batch, is_input_failure
 from .compiled import cache_entry, files_sha256
 
 try:
@@ -120,10 +121,18 @@ def _plain_devices(device: str) -> List[str]:
 
 
 def _message(error: BaseException) -> str:
-    """OpenVINO's message without its 'Exception from src/...' chain."""
+    """OpenVINO's message without its 'Exception from src/...' chain and source locations."""
     lines = [line.strip() for line in str(error).splitlines()]
     kept = [line for line in lines if line and not line.startswith("Exception from ")]
-    return " ".join(kept) or str(error)
+    text = re.sub(r"(?:Caught exception: )?Exception from \S+:\d+:\s*", "", " ".join(kept))
+    return re.sub(r" failed at \S+:\d+:", " failed:", text).strip() or str(error)
+
+
+def _run_failure(error: BaseException) -> BaseException:
+    """A failed run as the runtime reports it: InvalidInput when the request's tensors are
+    to blame, else the error itself (a server fault). Raised without `from`."""
+    message = _message(error)
+    return InvalidInput(message) if is_input_failure(message) else error
 
 
 def _available(core: "ov.Core") -> str:
@@ -242,15 +251,17 @@ class OpenVINOSession:
                 request.start_async(
                     {i: feeds[spec.name] for i, spec in enumerate(self.inputs)}, share_inputs=True
                 )
-            except (RuntimeError, TypeError, ValueError) as error:  # tensors it refuses
+            except (TypeError, ValueError) as error:  # tensors it refuses
                 raise InvalidInput(_message(error)) from error
+            except RuntimeError as error:
+                raise _run_failure(error)
             while not done.done():
                 await asyncio.wait({done}, timeout=FAILURE_POLL_SECONDS)
                 if not done.done():
                     try:
                         request.wait_for(0)  # raises the error of a run that failed
                     except RuntimeError as error:  # e.g. shapes that disagree inside the graph
-                        raise InvalidInput(_message(error)) from error
+                        raise _run_failure(error)
             # The request's output tensors are overwritten by the next run: copy them out.
             return {
                 spec.name: request.get_output_tensor(i).data.copy()

@@ -10,7 +10,7 @@ context binary (an EPContext model) in the compiled-model cache.
 """
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import onnxruntime as ort
 
@@ -59,12 +59,15 @@ def available() -> bool:
     return True
 
 
-def static_dimensions(model_path: Path, batch: int, fixed: Mapping[str, int]) -> Dict[str, int]:
+def static_dimensions(
+    model: Union[Path, bytes], batch: int, fixed: Mapping[str, int]
+) -> Dict[str, int]:
     """Symbolic dimensions to fix besides those `fixed` already: every symbol on axis 0, to
     `batch`; any other dynamic dimension fails, naming the input and the dimension."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    inputs = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    inputs = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     result: Dict[str, int] = {}
     for arg in inputs.get_inputs():
         for axis, dim in enumerate(arg.shape):
@@ -76,7 +79,8 @@ def static_dimensions(model_path: Path, batch: int, fixed: Mapping[str, int]) ->
             hint = (
                 f"set options.free_dimensions, e.g. {{\"{dim}\": 1}}"
                 if isinstance(dim, str) and dim
-                else "export the model with a static shape"
+                else f"set options.shape, e.g. {{\"{arg.name}\": "
+                     f"{[1 if not isinstance(d, int) or d < 0 else d for d in arg.shape]}}}"
             )
             raise BackendError(
                 f"input '{arg.name}' has dynamic dimension {axis} ({arg.shape}) and QNN needs "
@@ -93,26 +97,33 @@ def open_session(
     free_dimensions: Mapping[str, int],
     use_cache: bool,
     settings: Mapping[str, Any],
+    reshaped: Optional[bytes] = None,
 ) -> Tuple[ort.InferenceSession, Dict[str, Any]]:
     """A session on the QNN devices, from the cached context binary when there is one.
-    `settings` (the session options) are part of the cache key."""
+    `settings` (the session options, `shape` included) are part of the cache key;
+    `reshaped`: the model with `options.shape` applied, in place of the file."""
     register()
     devices = [d for d in ort.get_ep_devices() if d.ep_name == PROVIDER]
     if not devices:
         raise QNNUnavailable("onnxruntime-qnn is installed but reports no QNN device")
     ep_options = {"backend_type": "htp", **ep_options}
 
-    def create(source: Path, dimensions: Mapping[str, int], context: List[Tuple[str, str]]):
+    model: Union[Path, bytes] = reshaped if reshaped is not None else model_path
+
+    def create(source: Union[Path, bytes], dimensions: Mapping[str, int],
+               context: List[Tuple[str, str]]):
         so = session_options()
         for name, value in dimensions.items():
             so.add_free_dimension_override_by_name(name, value)
         for key, value in context:
             so.add_session_config_entry(key, value)
         so.add_provider_for_devices(devices, ep_options)
-        return ort.InferenceSession(str(source), sess_options=so)
+        return ort.InferenceSession(
+            source if isinstance(source, bytes) else str(source), sess_options=so
+        )
 
     if not use_cache:
-        return create(model_path, static_dimensions(model_path, batch, free_dimensions), []), {}
+        return create(model, static_dimensions(model, batch, free_dimensions), []), {}
     facts = {
         "sha256": files_sha256([model_path]), "ep_options": ep_options,
         "batch": batch, "free_dimensions": dict(free_dimensions), "settings": dict(settings),
@@ -124,8 +135,8 @@ def open_session(
         if entry.cached:
             return create(context, {}, []), {"loaded_from_cache": True}
         session = create(
-            model_path,
-            static_dimensions(model_path, batch, free_dimensions),
+            model,
+            static_dimensions(model, batch, free_dimensions),
             [("ep.context_enable", "1"), ("ep.context_file_path", str(context)),
              ("ep.context_embed_mode", "1")],
         )

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import BackendError, InvalidInput, Quantization, TensorSpec
+from .base import BackendError, InvalidInput, Quantization, TensorSpec, is_input_failure
 
 try:
     from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -112,6 +112,10 @@ class TFLiteSession:
                 return await asyncio.to_thread(self._invoke, feeds)
             except ValueError as error:  # LiteRT's message for a shape or type it refuses
                 raise InvalidInput(str(error)) from error
+            except RuntimeError as error:  # a kernel that cannot take the sizes, or a fault
+                if is_input_failure(str(error)):
+                    raise InvalidInput(str(error)) from error
+                raise
 
     async def close(self) -> None:
         self._interpreter = None

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import compile, devices, init, inspect, serve, watch
+from . import compile, devices, init, inspect, serve, start, watch
 
-COMMANDS = [serve, init, inspect, watch, compile, devices]
+COMMANDS = [serve, start, init, inspect, watch, compile, devices]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

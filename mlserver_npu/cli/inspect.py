@@ -28,6 +28,9 @@ def _tensors(tensors: Optional[List[Any]]) -> List[Dict[str, Any]]:
         content_type = tensor.parameters.content_type if tensor.parameters else None
         if content_type:
             item["content_type"] = content_type
+        dynamic = getattr(tensor.parameters, "dynamic_dims", None) if tensor.parameters else None
+        if dynamic:
+            item["dynamic_dims"] = dynamic
         described.append(item)
     return described
 
@@ -120,7 +123,8 @@ def _print(report: Dict[str, Any]) -> None:
         for tensor in report[kind]:
             shape = "[" + ", ".join(map(str, tensor["shape"])) + "]"
             image = "  image" if tensor.get("content_type") == "image" else ""
-            print(f"{kind[:-1]:<8} {tensor['name']}  {tensor['datatype']} {shape}{image}")
+            dynamic = f"  dynamic {tensor['dynamic_dims']}" if tensor.get("dynamic_dims") else ""
+            print(f"{kind[:-1]:<8} {tensor['name']}  {tensor['datatype']} {shape}{image}{dynamic}")
     for post in report.get("postprocess") or []:
         extra = "".join(
             f", {key} {post[key]}" for key in ("decoder", "labels") if post.get(key) is not None

@@ -15,11 +15,15 @@ from mlserver.settings import ModelSettings, Settings
 from mlserver.utils import install_uvloop_event_loop
 
 from ..repository import PathsRepository, RepositoryError
-from ..watch import ServerDriver, Watcher
+from ..settings import NPUEnvironment
+from ..startup import start_models
 
 # As model-repository/settings.json: models run in this process's threads, and gRPC takes
-# requests up to 64 MiB (224x224 float batches). MLSERVER_* variables still win.
+# requests up to 64 MiB (224x224 float batches); and this machine only (MLServer has no
+# authentication: anyone who reaches its ports can unload every model). MLSERVER_* variables
+# still win.
 RECOMMENDED: Dict[str, Any] = {
+    "host": "127.0.0.1",
     "debug": False,
     "parallel_workers": 0,
     "grpc_max_message_length": 64 * 2**20,
@@ -36,6 +40,19 @@ def add_extra_arguments(parser: argparse.ArgumentParser) -> None:
 def extra_of(args: argparse.Namespace) -> Dict[str, Any]:
     extra = {"device": args.device, "sessions": args.sessions}
     return {key: value for key, value in extra.items() if value is not None}
+
+
+def add_keep_going_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-going", action="store_true", default=None,
+        help="when a model fails to load at start-up, serve the others and load it again "
+             "when its files change (default: stop, exit status 1; MLSERVER_NPU_KEEP_GOING=1)",
+    )
+
+
+def keep_going(args: argparse.Namespace) -> bool:
+    """--keep-going, else MLSERVER_NPU_KEEP_GOING."""
+    return args.keep_going or NPUEnvironment.from_env().keep_going
 
 
 def add_poll_argument(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +127,8 @@ def _where(settings: Settings, models: List[ModelSettings]) -> str:
     ])
 
 
-async def serve(settings: Settings, poll_interval: Optional[float]) -> int:
+async def serve(settings: Settings, poll_interval: Optional[float],
+                keep_going: bool = False) -> int:
     repository = PathsRepository(**settings.model_repository_implementation_args)
     models, problems = _models(repository)
     if not models and not problems:
@@ -122,24 +140,19 @@ async def serve(settings: Settings, poll_interval: Optional[float]) -> int:
     server = MLServer(settings)
     serving = asyncio.ensure_future(server.start())
     await asyncio.sleep(0)  # let the servers begin, so that stop() finds them
-    # MLServer.start() would log a failed load and exit 0: load the models ourselves.
-    registry = server._model_registry
-    results = await asyncio.gather(*(registry.load(m) for m in models), return_exceptions=True)
-    failed = [(m.name, r) for m, r in zip(models, results) if isinstance(r, BaseException)]
-    if failed:
-        for name, error in failed:
-            reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+    failures, watcher = await start_models(
+        server, models, keep_going, repository.paths,
+        poll_interval or DEFAULT_POLL_SECONDS, watch_all=poll_interval is not None,
+    )
+    if failures and not keep_going:
+        for name, reason in failures.items():
             print(f"mlserver-npu serve: model '{name}' failed to load: {reason}", file=sys.stderr)
         await server.stop()
         await serving
         return 1
     print(_where(settings, models), flush=True)
-    watching = None
+    watching = asyncio.ensure_future(watcher.run()) if watcher else None
     if poll_interval is not None:
-        watcher = Watcher(repository, ServerDriver(server._model_repository_handlers),
-                          poll_interval)
-        watcher.adopt({m.name for m in models})
-        watching = asyncio.ensure_future(watcher.run())
         print(f"Watching {', '.join(map(str, repository.paths))} every {poll_interval:g} s",
               flush=True)
     await serving
@@ -158,12 +171,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model name for a single model file (default: its stem; "
                                        "its folder's name for a model.* file)")
     add_extra_arguments(parser)
-    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1, this machine "
+                                       "only; 0.0.0.0 for every interface)")
     parser.add_argument("--http-port", type=int, help="REST port (default 8080)")
     parser.add_argument("--grpc-port", type=int, help="gRPC port (default 8081)")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (default 8082)")
     parser.add_argument("--watch", action="store_true",
                         help="load new, reload changed and unload removed models")
+    add_keep_going_argument(parser)
     add_poll_argument(parser)
 
 
@@ -173,9 +188,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         settings = server_settings(args)
-    except (ValueError, OSError) as error:  # a settings.json that is not valid
+        going = keep_going(args)
+    except (ValueError, OSError) as error:  # a settings.json or a variable that is not valid
         print(f"mlserver-npu serve: {error}", file=sys.stderr)
         return 2
     configure_logger(settings)
     install_uvloop_event_loop()
-    return asyncio.run(serve(settings, args.poll_interval if args.watch else None))
+    return asyncio.run(serve(settings, args.poll_interval if args.watch else None, going))

@@ -17,6 +17,8 @@ lists; default from FURIOSA_DEVICES, else `warboy(2)*1`). Outputs are real: the 
 on onnxruntime. Every call is appended as a JSON line to the file FAKE_FURIOSA_LOG names, a run
 with the arrays it was given (shape, dtype, and the values of arrays up to 4096 values).
 FAKE_FURIOSA_NO_DRIVER=1 makes the import fail as the real package does without its driver.
+FAKE_FURIOSA_FAULT=MESSAGE makes each runner's runs after its first FAKE_FURIOSA_FAULT_AFTER
+(default 1: the warm-up) fail with FuriosaRuntimeError(MESSAGE), as a device that stopped.
 """
 import asyncio
 import itertools
@@ -256,6 +258,10 @@ class Runner:
             if array.shape != desc.shape:
                 raise ValueError(f"tensor '{desc.name}' must have shape {desc.shape}, "
                                  f"got {array.shape}")
+        self._runs = getattr(self, "_runs", 0) + 1
+        fault = os.environ.get("FAKE_FURIOSA_FAULT")
+        if fault and self._runs > int(os.environ.get("FAKE_FURIOSA_FAULT_AFTER", "1")):
+            raise FuriosaRuntimeError(fault)
         async with self._workers:
             _record("run", runner=self._id, device=self._device,
                     inputs={name: _given(array) for name, array in feeds.items()})
