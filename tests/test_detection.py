@@ -531,3 +531,57 @@ def test_init_suggests_detection_from_the_metadata_and_inspect_shows_it(live, ca
     assert ("postproc detection, decoder yolov8, labels 10: output0 -> num_detections, "
             "detection_boxes") in shown
     assert "task=detect" in shown
+
+
+# --- NMS choices, on a made-up YOLOv8 output (in this process: no model needed) ---
+
+def _detection(**settings):
+    from mlserver_npu.backends import TensorSpec
+    from mlserver_npu.processing.detection import Detection, DetectionSettings
+    from mlserver_npu.processing.postprocess import BuildContext
+
+    spec = TensorSpec("output0", np.dtype(np.float32), [1, 4 + 3, 10])
+    config = DetectionSettings(type="detection", decoder="yolov8", **settings)
+    return Detection.build(config, [spec], BuildContext(resolve=lambda p: p, input_size=(64, 64)))
+
+
+# five candidates: 0 and 1 overlap (IoU 0.67) with different classes, 2 and 3 the same class
+# overlapping 0.69, 4 alone
+CANDIDATES = np.float32([
+    # cx, cy, w, h, class 0, class 1, class 2
+    [10, 10, 10, 10, 0.9, 0.0, 0.0],
+    [12, 10, 10, 10, 0.0, 0.8, 0.0],
+    [40, 40, 10, 10, 0.0, 0.0, 0.7],
+    [40, 42, 10, 12, 0.0, 0.0, 0.6],
+    [55, 20, 6, 6, 0.5, 0.0, 0.0],
+] + [[30, 30, 4, 4, 0.0, 0.0, 0.0]] * 5).T[np.newaxis]  # [1, 7, 10], the rest scoring 0
+
+
+@pytest.mark.parametrize("settings, kept", [
+    ({"iou_threshold": 0.5}, [0, 1, 2, 4]),  # class-wise: 1 survives beside 0
+    ({"iou_threshold": 0.5, "class_agnostic": True}, [0, 2, 4]),
+    ({"iou_threshold": 0.7}, [0, 1, 2, 3, 4]),  # 2 and 3 overlap 0.69 <= 0.7
+    ({"iou_threshold": 0.5, "pre_nms_top_k": 2}, [0, 1]),
+    ({"iou_threshold": 0.5, "max_detections": 3}, [0, 1, 2]),
+])
+def test_nms_settings(settings, kept):
+    detection = _detection(**settings)
+    rows = detection.detect({"output0": CANDIDATES}, _context(), detection.options(None))
+    scores = CANDIDATES[0, 4:].max(axis=0)
+    np.testing.assert_allclose(rows[0].scores, scores[kept])
+
+
+def test_weighted_nms_averages_the_overlapping_boxes():
+    detection = _detection(iou_threshold=0.5, nms="weighted")
+    rows = detection.detect({"output0": CANDIDATES}, _context(), detection.options(None))
+    # 0 absorbs 1 (class-agnostic), 2 absorbs 3: score-weighted mean boxes
+    weights = np.float32([0.9, 0.8]) / 1.7
+    np.testing.assert_allclose(rows[0].boxes[0], weights @ np.float32([[5, 5, 15, 15],
+                                                                        [7, 5, 17, 15]]), rtol=1e-5)
+    np.testing.assert_allclose(rows[0].scores, [0.9, 0.7, 0.5])
+
+
+def _context():
+    from mlserver_npu.processing.postprocess import RequestContext
+
+    return RequestContext()
