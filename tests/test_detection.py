@@ -562,6 +562,7 @@ CANDIDATES = np.float32([
     ({"iou_threshold": 0.5, "class_agnostic": True}, [0, 2, 4]),
     ({"iou_threshold": 0.7}, [0, 1, 2, 3, 4]),  # 2 and 3 overlap 0.69 <= 0.7
     ({"iou_threshold": 0.5, "pre_nms_top_k": 2}, [0, 1]),
+    ({"iou_threshold": 0.5, "pre_nms_top_k": 3, "class_agnostic": True}, [0, 2]),
     ({"iou_threshold": 0.5, "max_detections": 3}, [0, 1, 2]),
 ])
 def test_nms_settings(settings, kept):
