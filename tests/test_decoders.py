@@ -561,3 +561,79 @@ def test_served_nms_in_graph_keeps_overlaps_and_maps_back(make_server, tmp_path)
     np.testing.assert_allclose(got, expected, atol=1e-3)
     assert outputs["detection_labels"]["data"] == ["dog", "dog"]
     assert outputs["detection_classes"]["data"] == [1, 1]
+
+
+def test_quantized_heads_are_dequantized_first():
+    """An NPU's uint8 boxes and scores (outputs left quantized, each with its own scale and
+    zero point): decoded as the real values they stand for."""
+    from mlserver_npu.backends.base import Quantization
+
+    rng = np.random.default_rng(16)
+    boxes_q = rng.integers(0, 256, (1, 40, 4)).astype(np.uint8)
+    boxes_q[..., 2:] = np.maximum(boxes_q[..., 2:], boxes_q[..., :2])
+    scores_q = rng.integers(0, 256, (1, 40, 3)).astype(np.uint8)
+    outputs = [
+        TensorSpec("boxes", np.dtype(np.uint8), [1, 40, 4], Quantization([2.0], [0])),
+        TensorSpec("scores", np.dtype(np.uint8), [1, 40, 3], Quantization([1 / 255], [0])),
+    ]
+    decoder = create_decoder({"type": "boxes", "normalized": False}, outputs, (512, 512))
+    found = decoder({"boxes": boxes_q, "scores": scores_q}, (512, 512), 0.6)[0]
+    expected = []
+    for box, row in zip(boxes_q[0].astype(np.float64) * 2.0, scores_q[0] / 255):
+        best = int(np.argmax(row))
+        if row[best] > 0.6:
+            expected.append((box, row[best], best, []))
+    assert expected
+    assert_same(found, expected)
+
+
+def test_nms_tensors_generic_names_told_apart_by_values():
+    """EfficientDet-Lite-style exports name all four outputs StatefulPartitionedCall:N, in an
+    order of their own: the classes are the [B, K] output of whole numbers."""
+    boxes = np.array([[[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.9]]], np.float32)
+    scores = np.array([[0.83, 0.64]], np.float32)
+    classes = np.array([[17, 3]], np.float32)
+    heads = {  # scores before classes: the other way round from TFLite_Detection_PostProcess
+        "StatefulPartitionedCall:0": np.array([2], np.float32),
+        "StatefulPartitionedCall:1": scores,
+        "StatefulPartitionedCall:2": classes,
+        "StatefulPartitionedCall:3": boxes,
+    }
+    _, result = decoded("nms_tensors", heads, (100, 100), batch=1, threshold=0.5)
+    want = [(b[[1, 0, 3, 2]] * 100, s, c, []) for b, s, c in zip(boxes[0], scores[0], classes[0])]
+    assert_same(result[0], want)
+
+
+def test_end2end_yolov7_rows_with_a_batch_index():
+    """YOLOv7's --end2end ONNX: [N, 7] rows of batch index, box, class, score."""
+    rows = np.array(
+        [[0, 10, 10, 50, 60, 2, 0.9], [1, 5, 5, 20, 20, 0, 0.7], [0, 30, 30, 90, 90, 1, 0.4]],
+        np.float32,
+    )
+    outputs = [spec("output", (None, 7))]
+    config = {"type": "end2end", "columns": ["batch", "box", "class", "score"]}
+    decoder = create_decoder(config, outputs, (100, 100))
+    first, second = decoder({"output": rows}, (100, 100), 0.5)
+    assert_same(first, [(rows[0, 1:5], 0.9, 2, [])])
+    assert_same(second, [(rows[1, 1:5], 0.7, 0, [])])
+
+
+def test_end2end_paddle_multiclass_nms_rows_with_a_count():
+    """PaddleDetection's exports with NMS: [N, 6] rows of class, score, box for all the
+    images, and each image's row count."""
+    rows = np.array(
+        [[3, 0.8, 1, 2, 30, 40], [1, 0.6, 5, 5, 9, 9], [0, 0.95, 10, 10, 20, 30]], np.float32
+    )
+    counts = np.array([2, 0, 1], np.int32)
+    names = ["multiclass_nms3_0.tmp_0", "multiclass_nms3_0.tmp_2"]
+    outputs = [spec(names[0], (None, 6)), spec(names[1], (None,), np.int32)]
+    config = {"type": "end2end", "columns": ["class", "score", "box"], "count": names[1]}
+    decoder = create_decoder(config, outputs, (64, 64))
+    assert decoder.sources == names
+    found = decoder({names[0]: rows, names[1]: counts}, (64, 64), 0.5)
+    assert [len(c) for c in found] == [2, 0, 1]
+    assert_same(found[0], [(rows[0, 2:], 0.8, 3, []), (rows[1, 2:], 0.6, 1, [])])
+    assert_same(found[2], [(rows[2, 2:], 0.95, 0, [])])
+    with pytest.raises(ConfigurationError) as error:
+        create_decoder({"type": "end2end", "columns": ["box", "score"]}, outputs, (64, 64))
+    assert "'class'" in str(error.value)

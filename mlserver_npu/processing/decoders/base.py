@@ -121,6 +121,15 @@ def logit(probability: float) -> float:
     return float(np.log(probability / (1.0 - probability)))
 
 
+def real(outputs: Mapping[str, np.ndarray], spec: TensorSpec) -> np.ndarray:
+    """Output `spec`'s array, in real values: a quantized integer output (an NPU's int8 head,
+    a backend not asked to dequantize) through its scale and zero point."""
+    array = np.asarray(outputs[spec.name])
+    if spec.quantization is not None and array.dtype.kind in "iu":
+        return spec.quantization.dequantize(array)
+    return array
+
+
 def as_float(array: np.ndarray) -> np.ndarray:
     return array if array.dtype == np.float32 else array.astype(np.float32)
 

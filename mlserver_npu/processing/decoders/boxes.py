@@ -17,8 +17,10 @@ from .base import (
     as_float,
     empty_candidates,
     input_scale,
+    is_float,
     logit,
     looks_normalized,
+    real,
     select,
     shape_error,
     shape_text,
@@ -82,7 +84,7 @@ class BoxesDecoder(Decoder):
         classes = _named(outputs, settings.classes, "classes") if settings.classes else None
         rest = [s for s in outputs if s is not boxes and s is not classes]
         if scores is None:
-            fitting = [s for s in rest if np.dtype(s.dtype).kind == "f" and _dims(s) in (2, 3)]
+            fitting = [s for s in rest if is_float(s) and _dims(s) in (2, 3)]
             if len(fitting) > 1:
                 fitting = [s for s in fitting if "score" in s.name.lower()]
             if len(fitting) != 1:
@@ -109,9 +111,9 @@ class BoxesDecoder(Decoder):
         self, outputs: Mapping[str, np.ndarray], input_size: Size, confidence_threshold: float
     ) -> List[Candidates]:
         settings = self.settings
-        boxes = np.asarray(outputs[self.boxes.name])
+        boxes = real(outputs, self.boxes)
         boxes = boxes.reshape(boxes.shape[0], -1, 4)
-        scores = np.asarray(outputs[self.scores.name])
+        scores = real(outputs, self.scores)
         classes = None if self.class_spec is None else np.asarray(outputs[self.class_spec.name])
         logits = settings.activation == "sigmoid"
         threshold = logit(confidence_threshold) if logits else confidence_threshold

@@ -22,6 +22,7 @@ from .base import (
     empty_candidates,
     is_float,
     logit,
+    real,
     select,
     shape_error,
     shape_text,
@@ -232,8 +233,8 @@ class DFLDecoder(Decoder):
         height, width = input_size
         per_row: List[List[Candidates]] = []
         for level in self.levels:
-            scores = np.asarray(outputs[level.scores.name])
-            boxes = np.asarray(outputs[level.boxes.name])
+            scores = real(outputs, level.scores)
+            boxes = real(outputs, level.boxes)
             batch = scores.shape[0]
             if scores.ndim == 4:
                 if self.channel_axis == 1:

@@ -21,6 +21,7 @@ from .base import (
     as_float,
     empty_candidates,
     is_float,
+    real,
     select,
     shape_error,
     shape_text,
@@ -242,9 +243,9 @@ class SSDDecoder(Decoder):
     ) -> List[Candidates]:
         settings = self.settings
         anchors = self.anchors(input_size)
-        regressors = np.asarray(outputs[self.box_spec.name])
+        regressors = real(outputs, self.box_spec)
         regressors = regressors.reshape(regressors.shape[0], regressors.shape[1], -1)
-        scores = as_float(np.asarray(outputs[self.score_spec.name]))
+        scores = as_float(real(outputs, self.score_spec))
         if regressors.shape[1] != len(anchors) or scores.shape[1] != len(anchors):
             raise ValueError(
                 f"the model gave {regressors.shape[1]} boxes for {len(anchors)} anchors"

@@ -20,6 +20,7 @@ from .base import (
     logit,
     looks_normalized,
     pick_output,
+    real,
     select,
     shape_error,
     sigmoid,
@@ -114,7 +115,7 @@ class YOLOv8Decoder(Decoder):
     def __call__(
         self, outputs: Mapping[str, np.ndarray], input_size: Size, confidence_threshold: float
     ) -> List[Candidates]:
-        array = np.asarray(outputs[self.spec.name])
+        array = real(outputs, self.spec)
         channels_first = self.channels_first
         if channels_first is None:
             channels_first = array.shape[1] <= array.shape[2]
