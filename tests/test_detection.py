@@ -54,6 +54,11 @@ IDENTITIES = {
          "resample": "bilinear"}]),
     "identity-multiple": (F, ["N", 3, "H", "W"], [
         {"op": "resize_to_multiple", "multiple": 32, "limit_side_len": 96}]),
+    "identity-multiple-min": (F, ["N", 3, "H", "W"], [
+        {"op": "resize_to_multiple", "multiple": 16, "limit_side_len": 120,
+         "limit_type": "min"}]),
+    "identity-letterbox-no-scale-up": (U8, ["N", 256, 256, 3], [
+        {"op": "letterbox", "scale_up": False}]),
     "identity-ultralytics": (F, ["N", 3, 64, 96], "ultralytics"),
     "identity-cv2-area": (F, ["N", 3, 50, 70], [
         {"op": "resize", "size": [50, 70], "resample": "cv2_area"}]),
@@ -106,6 +111,9 @@ def live(tmp_path_factory):
     _copy_detector(repository, "detector-batched",
                    {"batching": {"max_batch_size": 4, "max_delay_ms": 1000}})
     _copy_detector(repository, "detector-b2", {"sessions": 2}, model=static_batch_detector(2))
+    _copy_detector(repository, "detector-resize", {"preprocess": [
+        {"op": "convert", "mode": "L"}, {"op": "resize", "size": 128, "resample": "box"},
+        {"op": "scale", "factor": 16, "divisor": 255}]})
     (repository / "detector-pipeline").mkdir()
     (repository / "detector-pipeline" / "model-settings.json").write_text(json.dumps(PIPELINE))
     for name, (dtype, shape, ops) in IDENTITIES.items():  # ops: a list or a preset
@@ -230,6 +238,30 @@ def test_concurrent_requests_merged_by_the_batcher_keep_their_own_geometry(live,
 def _runs(live, model):
     counts = live.metrics().get("mlserver_npu_batch_rows_count", {})
     return sum(v for labels, v in counts.items() if dict(labels)["model_name"] == model)
+
+
+def test_a_large_jpeg_decoded_at_an_eighth_gets_boxes_and_a_picture_at_its_own_size(live):
+    """The first op is a resize, so the JPEG is decoded at 1/8 (Pillow's draft): the boxes
+    and the drawn picture still refer to the 1024x1024 image sent."""
+    _, x_test, _, y_test = make_models.digits_split()
+    board, boxes, classes = detector.canvas(x_test, y_test, np.random.default_rng(5), 5)
+    data = encode(detector.to_image(board, 8), "JPEG", quality=95)
+    body = {"inputs": [_images([data])], "outputs": [
+        {"name": "num_detections"}, {"name": "detection_boxes"}, {"name": "detection_classes"},
+        {"name": "detection_scores", "parameters": {"content_type": "image"}}]}
+    response = live.http.post("/v2/models/detector-resize/infer", json=body)
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    count = outputs["num_detections"]["data"][0]
+    found = np.array(outputs["detection_boxes"]["data"], np.float32).reshape(-1, 4)[:count]
+    found_classes = outputs["detection_classes"]["data"][:count]
+    assert count >= 4
+    for box, cls in zip(found, found_classes):  # a digit's cell, in the pixels sent
+        nearest = np.abs(boxes * 8 - box).max(axis=1).argmin()
+        # within one model-input pixel (8 here): JPEG's artefacts may favour a neighbour
+        assert np.abs(boxes[nearest] * 8 - box).max() <= 8, (box, boxes * 8)
+        assert classes[nearest] == cls
+    picture = Image.open(io.BytesIO(base64.b64decode(outputs["detection_scores"]["data"][0])))
+    assert picture.size == (1024, 1024)
 
 
 def test_the_sample_canvas_and_the_metadata(live):
@@ -401,15 +433,33 @@ def test_letterbox_at_the_top_left_with_pillow_resampling(live):
     np.testing.assert_array_equal(served[0], want)
 
 
-def test_resize_to_a_multiple_equals_paddleocr_det_resize(live):
+@pytest.mark.parametrize("model, limit, limit_type, multiple", [
+    ("identity-multiple", 96, "max", 32), ("identity-multiple-min", 120, "min", 16),
+])
+def test_resize_to_a_multiple_equals_paddleocr_det_resize(
+    live, model, limit, limit_type, multiple
+):
     for data in PHOTOS:
         image = _rgb(data)
         h, w = image.shape[:2]
-        ratio = 96 / max(h, w) if max(h, w) > 96 else 1.0  # DetResizeForTest, limit_type max
-        rh = max(int(round(int(h * ratio) / 32) * 32), 32)
-        rw = max(int(round(int(w * ratio) / 32) * 32), 32)
+        ratio = 1.0  # PaddleOCR's DetResizeForTest
+        if limit_type == "max" and max(h, w) > limit:
+            ratio = limit / max(h, w)
+        if limit_type == "min" and min(h, w) < limit:
+            ratio = limit / min(h, w)
+        rh = max(int(round(int(h * ratio) / multiple) * multiple), multiple)
+        rw = max(int(round(int(w * ratio) / multiple) * multiple), multiple)
         want = cv2.resize(image, (rw, rh)).transpose(2, 0, 1)[None].astype(np.float32)
-        np.testing.assert_array_equal(_preprocessed(live, "identity-multiple", [data]), want)
+        np.testing.assert_array_equal(_preprocessed(live, model, [data]), want)
+
+
+def test_letterbox_without_scale_up_only_pads(live):
+    data = PHOTOS[1]  # 77x131: centred in 256x256, not enlarged
+    served = _preprocessed(live, "identity-letterbox-no-scale-up", [data]).astype(np.uint8)
+    want = np.full((256, 256, 3), 114, np.uint8)
+    top, left = int(round((256 - 131) / 2 - 0.1)), int(round((256 - 77) / 2 - 0.1))
+    want[top : top + 131, left : left + 77] = _rgb(data)
+    np.testing.assert_array_equal(served[0], want)
 
 
 def test_the_ultralytics_preset_is_its_letterbox_rgb_0_to_1(live):
