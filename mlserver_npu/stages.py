@@ -4,7 +4,7 @@ codecs). NPURuntime serves one; a Pipeline runs several in one request."""
 import ast
 import asyncio
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from mlserver.errors import InferenceError
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .backends import BackendError, InvalidInput, get_backend, model_metadata, session_details
 from .batcher import Batcher
 from .drain import Drain
-from .errors import ConfigurationError, ModelLoadError, shorten
+from .errors import ConfigurationError, ModelLoadError
 from .metrics import stage
 from .pool import SessionPool
 from .processing.inputs import Decoded, InputDecoder
