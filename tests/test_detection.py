@@ -636,3 +636,22 @@ def _context():
     from mlserver_npu.processing.postprocess import RequestContext
 
     return RequestContext()
+
+
+def test_the_metadata_ultralytics_appends_to_a_tflite_file(tmp_path):
+    import zipfile
+
+    from mlserver_npu.backends import model_metadata
+    from mlserver_npu.processing.detection import metadata_labels
+
+    model = tmp_path / "model.tflite"
+    shutil.copy(REPO / "examples/tflite-repository/digits-uint8/model.tflite", model)
+    with zipfile.ZipFile(model, "a") as archive:  # as Ultralytics' TFLite export does
+        archive.writestr("metadata.json", json.dumps(
+            {"task": "detect", "imgsz": [320, 320], "names": {"0": "person", "1": "bicycle"}}
+        ))
+    found = model_metadata([], model)
+    assert found["task"] == "detect" and json.loads(found["imgsz"]) == [320, 320]
+    assert metadata_labels(found) == ["person", "bicycle"]
+    # and ONNX's custom metadata, as onnxruntime reads it (a Python dict's str)
+    assert metadata_labels({"names": "{0: 'person', 2: 'car'}"}) == ["person", "", "car"]
