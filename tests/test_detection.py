@@ -104,6 +104,18 @@ def _copy_detector(repository, name, extra=None, model=None):
     return folder
 
 
+def _openvino_ir(folder):
+    """The folder's model as an OpenVINO IR (fp32), its ONNX metadata in the IR's rt_info."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(folder / "model.onnx")), str(folder / "model.xml"),
+                  compress_to_fp16=False)
+    (folder / "model.onnx").unlink()
+    settings = json.loads((folder / "model-settings.json").read_text())
+    settings["parameters"]["uri"] = "./model.xml"
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("detection")
@@ -114,6 +126,9 @@ def live(tmp_path_factory):
     _copy_detector(repository, "detector-resize", {"preprocess": [
         {"op": "convert", "mode": "L"}, {"op": "resize", "size": 128, "resample": "box"},
         {"op": "scale", "factor": 16, "divisor": 255}]})
+    ir = _copy_detector(repository, "detector-openvino", {
+        "backend": "openvino", "device": "CPU", "options": {"precision_hint": "f32"}})
+    _openvino_ir(ir)
     (repository / "detector-pipeline").mkdir()
     (repository / "detector-pipeline" / "model-settings.json").write_text(json.dumps(PIPELINE))
     for name, (dtype, shape, ops) in IDENTITIES.items():  # ops: a list or a preset
@@ -212,6 +227,16 @@ def test_a_batch_of_differently_sized_images_gets_the_reference_boxes_over_rest(
     for (_, digits), count, classes in zip(CANVASES, outputs["num_detections"],
                                            outputs["detection_classes"]):
         assert sorted(classes[:count].tolist()) == digits
+
+
+def test_an_openvino_ir_takes_its_labels_from_its_rt_info(live, session):
+    outputs = rest_outputs(live.infer("detector-openvino", [_images(FILES)]))
+    for index, (boxes, scores, classes) in enumerate(reference(session, FILES)):
+        count = len(scores)
+        assert outputs["num_detections"][index] == count
+        np.testing.assert_allclose(outputs["detection_boxes"][index, :count], boxes, atol=1e-3)
+        np.testing.assert_allclose(outputs["detection_scores"][index, :count], scores, rtol=1e-4)
+        assert outputs["detection_labels"][index, :count].tolist() == [str(c) for c in classes]
 
 
 def test_the_same_boxes_over_grpc(live, session):
