@@ -123,6 +123,10 @@ def live(tmp_path_factory):
     _copy_detector(repository, "detector-batched",
                    {"batching": {"max_batch_size": 4, "max_delay_ms": 1000}})
     _copy_detector(repository, "detector-b2", {"sessions": 2}, model=static_batch_detector(2))
+    adaptive = _copy_detector(repository, "detector-adaptive")
+    settings = json.loads((adaptive / "model-settings.json").read_text())
+    settings.update(max_batch_size=4, max_batch_time=1.0)  # MLServer's adaptive batching
+    (adaptive / "model-settings.json").write_text(json.dumps(settings))
     _copy_detector(repository, "detector-resize", {"preprocess": [
         {"op": "convert", "mode": "L"}, {"op": "resize", "size": 128, "resample": "box"},
         {"op": "scale", "factor": 16, "divisor": 255}]})
@@ -258,6 +262,22 @@ def test_concurrent_requests_merged_by_the_batcher_keep_their_own_geometry(live,
     for data, outputs in zip(files, results):
         assert_detections(outputs, reference(session, [data]))
     assert _runs(live, "detector-batched") - runs_before < len(files)  # merged
+
+
+def test_mlservers_adaptive_batching_splits_each_requests_boxes_back(live, session):
+    def one(data):
+        return rest_outputs(live.infer("detector-adaptive", [_images([data])]))
+
+    files = FILES + FILES[:1]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, files))
+    for data, outputs in zip(files, results):
+        (boxes, scores, classes), = reference(session, [data])
+        count = len(scores)
+        assert outputs["num_detections"].tolist() == [count]
+        np.testing.assert_allclose(outputs["detection_boxes"][0, :count], boxes, atol=1e-3)
+        assert outputs["detection_classes"][0, :count].tolist() == classes.tolist()
+    assert _runs(live, "detector-adaptive") < len(files)  # merged by MLServer
 
 
 def _runs(live, model):
