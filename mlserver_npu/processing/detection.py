@@ -296,6 +296,11 @@ class Detection(Postprocess):
         rows = self.decoder(
             {name: results[name] for name in self.sources}, size, options.confidence_threshold
         )
+        if geometry and len(geometry) != len(rows):
+            raise InferenceError(
+                f"detection: the model gave {len(rows)} rows of detections for "
+                f"{len(geometry)} images"
+            )
         found = []
         for index, row in enumerate(rows):
             if self.decoder.nms_done:
