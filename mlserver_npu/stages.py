@@ -5,7 +5,7 @@ import ast
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from mlserver.errors import InferenceError, MLServerError
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from .backends import BackendError, InvalidInput, get_backend, model_metadata, session_details
 from .batcher import Batcher
 from .drain import Drain
-from .errors import ConfigurationError, ModelLoadError, ServerFault, bounded, shorten
+from .errors import ConfigurationError, ModelLoadError, ServerFault, bounded
 from .metrics import stage
 from .pool import SessionPool
 from .processing.inputs import Decoded, InputDecoder

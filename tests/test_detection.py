@@ -54,6 +54,11 @@ IDENTITIES = {
          "resample": "bilinear"}]),
     "identity-multiple": (F, ["N", 3, "H", "W"], [
         {"op": "resize_to_multiple", "multiple": 32, "limit_side_len": 96}]),
+    "identity-multiple-min": (F, ["N", 3, "H", "W"], [
+        {"op": "resize_to_multiple", "multiple": 16, "limit_side_len": 120,
+         "limit_type": "min"}]),
+    "identity-letterbox-no-scale-up": (U8, ["N", 256, 256, 3], [
+        {"op": "letterbox", "scale_up": False}]),
     "identity-ultralytics": (F, ["N", 3, 64, 96], "ultralytics"),
     "identity-cv2-area": (F, ["N", 3, 50, 70], [
         {"op": "resize", "size": [50, 70], "resample": "cv2_area"}]),
@@ -99,6 +104,18 @@ def _copy_detector(repository, name, extra=None, model=None):
     return folder
 
 
+def _openvino_ir(folder):
+    """The folder's model as an OpenVINO IR (fp32), its ONNX metadata in the IR's rt_info."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(folder / "model.onnx")), str(folder / "model.xml"),
+                  compress_to_fp16=False)
+    (folder / "model.onnx").unlink()
+    settings = json.loads((folder / "model-settings.json").read_text())
+    settings["parameters"]["uri"] = "./model.xml"
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("detection")
@@ -106,6 +123,16 @@ def live(tmp_path_factory):
     _copy_detector(repository, "detector-batched",
                    {"batching": {"max_batch_size": 4, "max_delay_ms": 1000}})
     _copy_detector(repository, "detector-b2", {"sessions": 2}, model=static_batch_detector(2))
+    adaptive = _copy_detector(repository, "detector-adaptive")
+    settings = json.loads((adaptive / "model-settings.json").read_text())
+    settings.update(max_batch_size=4, max_batch_time=1.0)  # MLServer's adaptive batching
+    (adaptive / "model-settings.json").write_text(json.dumps(settings))
+    _copy_detector(repository, "detector-resize", {"preprocess": [
+        {"op": "convert", "mode": "L"}, {"op": "resize", "size": 128, "resample": "box"},
+        {"op": "scale", "factor": 16, "divisor": 255}]})
+    ir = _copy_detector(repository, "detector-openvino", {
+        "backend": "openvino", "device": "CPU", "options": {"precision_hint": "f32"}})
+    _openvino_ir(ir)
     (repository / "detector-pipeline").mkdir()
     (repository / "detector-pipeline" / "model-settings.json").write_text(json.dumps(PIPELINE))
     for name, (dtype, shape, ops) in IDENTITIES.items():  # ops: a list or a preset
@@ -206,6 +233,16 @@ def test_a_batch_of_differently_sized_images_gets_the_reference_boxes_over_rest(
         assert sorted(classes[:count].tolist()) == digits
 
 
+def test_an_openvino_ir_takes_its_labels_from_its_rt_info(live, session):
+    outputs = rest_outputs(live.infer("detector-openvino", [_images(FILES)]))
+    for index, (boxes, scores, classes) in enumerate(reference(session, FILES)):
+        count = len(scores)
+        assert outputs["num_detections"][index] == count
+        np.testing.assert_allclose(outputs["detection_boxes"][index, :count], boxes, atol=1e-3)
+        np.testing.assert_allclose(outputs["detection_scores"][index, :count], scores, rtol=1e-4)
+        assert outputs["detection_labels"][index, :count].tolist() == [str(c) for c in classes]
+
+
 def test_the_same_boxes_over_grpc(live, session):
     calls = [{"op": "infer", "model": model, "inputs": [_images(FILES)]}
              for model in ("digits-detector", "detector-pipeline")]
@@ -227,9 +264,49 @@ def test_concurrent_requests_merged_by_the_batcher_keep_their_own_geometry(live,
     assert _runs(live, "detector-batched") - runs_before < len(files)  # merged
 
 
+def test_mlservers_adaptive_batching_splits_each_requests_boxes_back(live, session):
+    def one(data):
+        return rest_outputs(live.infer("detector-adaptive", [_images([data])]))
+
+    files = FILES + FILES[:1]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, files))
+    for data, outputs in zip(files, results):
+        (boxes, scores, classes), = reference(session, [data])
+        count = len(scores)
+        assert outputs["num_detections"].tolist() == [count]
+        np.testing.assert_allclose(outputs["detection_boxes"][0, :count], boxes, atol=1e-3)
+        assert outputs["detection_classes"][0, :count].tolist() == classes.tolist()
+    assert _runs(live, "detector-adaptive") < len(files)  # merged by MLServer
+
+
 def _runs(live, model):
     counts = live.metrics().get("mlserver_npu_batch_rows_count", {})
     return sum(v for labels, v in counts.items() if dict(labels)["model_name"] == model)
+
+
+def test_a_large_jpeg_decoded_at_an_eighth_gets_boxes_and_a_picture_at_its_own_size(live):
+    """The first op is a resize, so the JPEG is decoded at 1/8 (Pillow's draft): the boxes
+    and the drawn picture still refer to the 1024x1024 image sent."""
+    _, x_test, _, y_test = make_models.digits_split()
+    board, boxes, classes = detector.canvas(x_test, y_test, np.random.default_rng(5), 5)
+    data = encode(detector.to_image(board, 8), "JPEG", quality=95)
+    body = {"inputs": [_images([data])], "outputs": [
+        {"name": "num_detections"}, {"name": "detection_boxes"}, {"name": "detection_classes"},
+        {"name": "detection_scores", "parameters": {"content_type": "image"}}]}
+    response = live.http.post("/v2/models/detector-resize/infer", json=body)
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    count = outputs["num_detections"]["data"][0]
+    found = np.array(outputs["detection_boxes"]["data"], np.float32).reshape(-1, 4)[:count]
+    found_classes = outputs["detection_classes"]["data"][:count]
+    assert count >= 4
+    for box, cls in zip(found, found_classes):  # a digit's cell, in the pixels sent
+        nearest = np.abs(boxes * 8 - box).max(axis=1).argmin()
+        # within one model-input pixel (8 here): JPEG's artefacts may favour a neighbour
+        assert np.abs(boxes[nearest] * 8 - box).max() <= 8, (box, boxes * 8)
+        assert classes[nearest] == cls
+    picture = Image.open(io.BytesIO(base64.b64decode(outputs["detection_scores"]["data"][0])))
+    assert picture.size == (1024, 1024)
 
 
 def test_the_sample_canvas_and_the_metadata(live):
@@ -401,15 +478,33 @@ def test_letterbox_at_the_top_left_with_pillow_resampling(live):
     np.testing.assert_array_equal(served[0], want)
 
 
-def test_resize_to_a_multiple_equals_paddleocr_det_resize(live):
+@pytest.mark.parametrize("model, limit, limit_type, multiple", [
+    ("identity-multiple", 96, "max", 32), ("identity-multiple-min", 120, "min", 16),
+])
+def test_resize_to_a_multiple_equals_paddleocr_det_resize(
+    live, model, limit, limit_type, multiple
+):
     for data in PHOTOS:
         image = _rgb(data)
         h, w = image.shape[:2]
-        ratio = 96 / max(h, w) if max(h, w) > 96 else 1.0  # DetResizeForTest, limit_type max
-        rh = max(int(round(int(h * ratio) / 32) * 32), 32)
-        rw = max(int(round(int(w * ratio) / 32) * 32), 32)
+        ratio = 1.0  # PaddleOCR's DetResizeForTest
+        if limit_type == "max" and max(h, w) > limit:
+            ratio = limit / max(h, w)
+        if limit_type == "min" and min(h, w) < limit:
+            ratio = limit / min(h, w)
+        rh = max(int(round(int(h * ratio) / multiple) * multiple), multiple)
+        rw = max(int(round(int(w * ratio) / multiple) * multiple), multiple)
         want = cv2.resize(image, (rw, rh)).transpose(2, 0, 1)[None].astype(np.float32)
-        np.testing.assert_array_equal(_preprocessed(live, "identity-multiple", [data]), want)
+        np.testing.assert_array_equal(_preprocessed(live, model, [data]), want)
+
+
+def test_letterbox_without_scale_up_only_pads(live):
+    data = PHOTOS[1]  # 77x131: centred in 256x256, not enlarged
+    served = _preprocessed(live, "identity-letterbox-no-scale-up", [data]).astype(np.uint8)
+    want = np.full((256, 256, 3), 114, np.uint8)
+    top, left = int(round((256 - 131) / 2 - 0.1)), int(round((256 - 77) / 2 - 0.1))
+    want[top : top + 131, left : left + 77] = _rgb(data)
+    np.testing.assert_array_equal(served[0], want)
 
 
 def test_the_ultralytics_preset_is_its_letterbox_rgb_0_to_1(live):
@@ -531,3 +626,77 @@ def test_init_suggests_detection_from_the_metadata_and_inspect_shows_it(live, ca
     assert ("postproc detection, decoder yolov8, labels 10: output0 -> num_detections, "
             "detection_boxes") in shown
     assert "task=detect" in shown
+
+
+# --- NMS choices, on a made-up YOLOv8 output (in this process: no model needed) ---
+
+def _detection(**settings):
+    from mlserver_npu.backends import TensorSpec
+    from mlserver_npu.processing.detection import Detection, DetectionSettings
+    from mlserver_npu.processing.postprocess import BuildContext
+
+    spec = TensorSpec("output0", np.dtype(np.float32), [1, 4 + 3, 10])
+    config = DetectionSettings(type="detection", decoder="yolov8", **settings)
+    return Detection.build(config, [spec], BuildContext(resolve=lambda p: p, input_size=(64, 64)))
+
+
+# five candidates: 0 and 1 overlap (IoU 0.67) with different classes, 2 and 3 the same class
+# overlapping 0.69, 4 alone
+CANDIDATES = np.float32([
+    # cx, cy, w, h, class 0, class 1, class 2
+    [10, 10, 10, 10, 0.9, 0.0, 0.0],
+    [12, 10, 10, 10, 0.0, 0.8, 0.0],
+    [40, 40, 10, 10, 0.0, 0.0, 0.7],
+    [40, 42, 10, 12, 0.0, 0.0, 0.6],
+    [55, 20, 6, 6, 0.5, 0.0, 0.0],
+] + [[30, 30, 4, 4, 0.0, 0.0, 0.0]] * 5).T[np.newaxis]  # [1, 7, 10], the rest scoring 0
+
+
+@pytest.mark.parametrize("settings, kept", [
+    ({"iou_threshold": 0.5}, [0, 1, 2, 4]),  # class-wise: 1 survives beside 0
+    ({"iou_threshold": 0.5, "class_agnostic": True}, [0, 2, 4]),
+    ({"iou_threshold": 0.7}, [0, 1, 2, 3, 4]),  # 2 and 3 overlap 0.69 <= 0.7
+    ({"iou_threshold": 0.5, "pre_nms_top_k": 2}, [0, 1]),
+    ({"iou_threshold": 0.5, "pre_nms_top_k": 3, "class_agnostic": True}, [0, 2]),
+    ({"iou_threshold": 0.5, "max_detections": 3}, [0, 1, 2]),
+])
+def test_nms_settings(settings, kept):
+    detection = _detection(**settings)
+    rows = detection.detect({"output0": CANDIDATES}, _context(), detection.options(None))
+    scores = CANDIDATES[0, 4:].max(axis=0)
+    np.testing.assert_allclose(rows[0].scores, scores[kept])
+
+
+def test_weighted_nms_averages_the_overlapping_boxes():
+    detection = _detection(iou_threshold=0.5, nms="weighted")
+    rows = detection.detect({"output0": CANDIDATES}, _context(), detection.options(None))
+    # 0 absorbs 1 (class-agnostic), 2 absorbs 3: score-weighted mean boxes
+    weights = np.float32([0.9, 0.8]) / 1.7
+    np.testing.assert_allclose(rows[0].boxes[0], weights @ np.float32([[5, 5, 15, 15],
+                                                                        [7, 5, 17, 15]]), rtol=1e-5)
+    np.testing.assert_allclose(rows[0].scores, [0.9, 0.7, 0.5])
+
+
+def _context():
+    from mlserver_npu.processing.postprocess import RequestContext
+
+    return RequestContext()
+
+
+def test_the_metadata_ultralytics_appends_to_a_tflite_file(tmp_path):
+    import zipfile
+
+    from mlserver_npu.backends import model_metadata
+    from mlserver_npu.processing.detection import metadata_labels
+
+    model = tmp_path / "model.tflite"
+    shutil.copy(REPO / "examples/tflite-repository/digits-uint8/model.tflite", model)
+    with zipfile.ZipFile(model, "a") as archive:  # as Ultralytics' TFLite export does
+        archive.writestr("metadata.json", json.dumps(
+            {"task": "detect", "imgsz": [320, 320], "names": {"0": "person", "1": "bicycle"}}
+        ))
+    found = model_metadata([], model)
+    assert found["task"] == "detect" and json.loads(found["imgsz"]) == [320, 320]
+    assert metadata_labels(found) == ["person", "bicycle"]
+    # and ONNX's custom metadata, as onnxruntime reads it (a Python dict's str)
+    assert metadata_labels({"names": "{0: 'person', 2: 'car'}"}) == ["person", "", "car"]

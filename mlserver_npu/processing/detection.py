@@ -83,7 +83,7 @@ class DetectionSettings(BaseModel):
 
 def metadata_labels(metadata: Mapping[str, str]) -> Optional[List[str]]:
     """Labels from a model's own metadata: Ultralytics' `names` ("{0: 'person', ...}" in ONNX,
-    JSON in TFLite), a list, or PaddlePaddle's `character` list."""
+    JSON in TFLite), or `labels`: a list, or words separated by spaces (its OpenVINO IR)."""
     for key in ("names", "labels", "classes"):
         text = metadata.get(key)
         if not text:
@@ -94,7 +94,10 @@ def metadata_labels(metadata: Mapping[str, str]) -> Optional[List[str]]:
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                continue
+                # Ultralytics' OpenVINO rt_info: labels separated by spaces (theirs by "_")
+                value = text.split() if key == "labels" else None
+        if value is None:
+            continue
         if isinstance(value, dict):
             try:
                 ordered = sorted((int(k), str(v)) for k, v in value.items())
@@ -293,6 +296,11 @@ class Detection(Postprocess):
         rows = self.decoder(
             {name: results[name] for name in self.sources}, size, options.confidence_threshold
         )
+        if geometry and len(geometry) != len(rows):
+            raise InferenceError(
+                f"detection: the model gave {len(rows)} rows of detections for "
+                f"{len(geometry)} images"
+            )
         found = []
         for index, row in enumerate(rows):
             if self.decoder.nms_done:

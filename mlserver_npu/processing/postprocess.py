@@ -19,12 +19,11 @@ from typing import (
     Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type,
 )
 
+import numpy as np
 from mlserver.errors import InferenceError
 from mlserver.types import MetadataTensor, Parameters, RequestOutput, ResponseOutput
 from PIL import Image
 from pydantic import BaseModel
-
-import numpy as np
 
 from ..backends import TensorSpec
 from ..errors import ConfigurationError, shorten
@@ -99,7 +98,8 @@ class Postprocess:
         raise NotImplementedError
 
     def metadata(self) -> List[MetadataTensor]:
-        """The outputs it adds, as a request that names no outputs gets them, in order."""
+        """The outputs it can add, in order (`default_names`: those a request that names no
+        outputs gets)."""
         raise NotImplementedError
 
     @property

@@ -21,6 +21,7 @@ from ..tensors import content_type_of, encode_output
 from . import masks
 from .classification import read_labels
 from .detection import metadata_labels
+from .draw import at_size
 from .geometry import Geometry
 from .postprocess import BuildContext, Planned, Postprocess, RequestContext
 
@@ -224,20 +225,14 @@ class Segmentation(Postprocess):
     def _overlay(
         self, name: str, maps: List[np.ndarray], request: RequestContext
     ) -> ResponseOutput:
-        import cv2
-
         if not request.images:
             raise InferenceError(
                 f"output {shorten(name)}: an overlay needs the request to send images"
             )
         pictures = []
         for image, class_map in zip(request.images, maps):
-            rgb = np.asarray(image.convert("RGB"))
-            if rgb.shape[:2] != class_map.shape:  # decoded at a reduced scale (JPEG draft)
-                class_map = cv2.resize(
-                    np.clip(class_map, 0, 255).astype(np.uint8), rgb.shape[1::-1],
-                    interpolation=cv2.INTER_NEAREST_EXACT,
-                )
+            # the maps are at the client's size; an image decoded smaller is enlarged to it
+            rgb = np.asarray(at_size(image, class_map.shape).convert("RGB"))
             pictures.append(masks.overlay(
                 rgb, np.clip(class_map, 0, 255), self.palette, self.settings.overlay_alpha
             ))
