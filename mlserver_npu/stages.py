@@ -208,9 +208,12 @@ class ModelStages:
                 shapes[spec.name] = list(shape)
         try:
             await self.pool.warm_up(shapes)
-        except (BackendError, ModelLoadError):
-            raise
         except Exception as error:
+            # The runtime refusing the warm-up feeds (InvalidInput) is what the hint is for.
+            if isinstance(error, (BackendError, ModelLoadError)) and not isinstance(
+                error, InvalidInput
+            ):
+                raise
             fed = ", ".join(
                 f"'{spec.name}' {self.pool.warm_up_shape(spec, shapes)}"
                 for spec in self.pool.sessions[0].inputs
