@@ -33,7 +33,7 @@ from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
 from .repository import is_npu_runtime
 from .served import ServedModel
-from .stages import ModelStages
+from .stages import ModelStages, path_resolver
 from .tensors import describe, match_inputs
 
 logger = logging.getLogger("mlserver.npu")
@@ -127,11 +127,7 @@ class Pipeline(ServedModel):
         ]
         classifier = None
         if config.postprocess is not None:
-            classifier = Classifier.build(
-                config.postprocess,
-                outputs,
-                lambda path: Path(to_absolute_path(self.settings, path)),
-            )
+            classifier = Classifier.build(config.postprocess, outputs, path_resolver(self.settings))
         tiled = any(decoder.tiled for decoder in self._decoders.values())
         self._encoder = OutputEncoder(outputs, classifier, self.settings.outputs, tiled)
         if not self.settings.inputs:
@@ -141,7 +137,7 @@ class Pipeline(ServedModel):
         self._step_metrics = StepMetrics(self.name, self.version)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        with self._requests.running(), self._metrics.serving():
+        with self.admitted(), self._requests.running(), self._metrics.serving():
             return await self._predict(payload)
 
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:

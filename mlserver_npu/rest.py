@@ -23,6 +23,7 @@ from mlserver.rest.server import RESTServer
 from packaging.version import Version
 from starlette.applications import Starlette
 
+from .limits import Limits
 from .wire import SUPPORTED, fingerprint
 
 logger = logging.getLogger("mlserver.npu")
@@ -30,7 +31,9 @@ logger = logging.getLogger("mlserver.npu")
 ASGIApp = Callable[..., Any]
 
 # The ASGI middleware classes the boundary puts in front of MLServer's app, outermost first.
-LAYERS: List[Callable[[ASGIApp], ASGIApp]] = []
+LAYERS: List[Callable[[ASGIApp], ASGIApp]] = [
+    Limits,  # limits.py: request body size (413) and per-model load shedding (429)
+]
 
 # What `install` wraps, with the sha256 of its source in MLServer 1.7.1.
 CHECKED: Dict[str, Tuple[Callable[[], Callable], str]] = {

@@ -3,17 +3,17 @@ preprocessing), the session pool on the devices, and the output encoder (postpro
 codecs). NPURuntime serves one; a Pipeline runs several in one request."""
 import asyncio
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from mlserver.errors import InferenceError
 from mlserver.settings import ModelSettings
 from mlserver.types import Parameters, RequestInput, RequestOutput, ResponseOutput
-from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
 from .backends import BackendError, InvalidInput, get_backend, session_details
 from .batcher import Batcher
+from .codecs.budget import PixelBudget
 from .drain import Drain
 from .errors import ConfigurationError, ModelLoadError
 from .metrics import stage
@@ -22,7 +22,8 @@ from .processing.classification import Classifier
 from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
 from .settings import NPUEnvironment, NPUSettings, describe_validation_error
-from .sources import ModelSource, SourceError, resolve_model
+from .sources import ModelSource, SourceError, model_folder, resolve_model
+from .sources.local import confined
 
 
 def parse_extra(settings: ModelSettings, model: type, name: str):
@@ -34,6 +35,36 @@ def parse_extra(settings: ModelSettings, model: type, name: str):
         raise ModelLoadError(
             name, describe_validation_error(error, "parameters.extra", model)
         ) from None
+
+
+def _key_of(value: Any, path: str, where: str) -> Optional[str]:
+    """Where in `value` (the settings' `parameters.extra`) the string `path` is written."""
+    if value == path:
+        return where
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ()
+    )
+    for key, item in items:
+        found = _key_of(item, path, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
+def path_resolver(settings: ModelSettings) -> Callable[..., Path]:
+    """The one way a postprocess (labels, palettes, dictionaries) gets a file its settings
+    name: `resolve(path)` is the file, symlinks resolved, inside the model folder or the
+    repository holding it (or a folder of MLSERVER_NPU_ALLOWED_PATHS); elsewhere it is a
+    ConfigurationError naming the key (found in `parameters.extra`, or given as `key`)."""
+    folder = model_folder(settings)
+    allowed = NPUEnvironment.from_env().allowed_folders
+    extra = (settings.parameters.extra if settings.parameters else None) or {}
+
+    def resolve(path: str, key: Optional[str] = None) -> Path:
+        key = key or _key_of(extra, path, "parameters.extra") or "a path in parameters.extra"
+        return confined(path, folder, key, allowed)
+
+    return resolve
 
 
 class ModelStages:
@@ -58,6 +89,7 @@ class ModelStages:
         self.outputs: OutputEncoder
         self.batcher: Optional[Batcher] = None
         self._requests = Drain(settings.name)
+        self._budget: Optional[PixelBudget] = None  # the decoders' (one per pipeline step)
 
     @classmethod
     async def open(cls, settings: ModelSettings, label: Optional[str] = None) -> "ModelStages":
@@ -85,20 +117,24 @@ class ModelStages:
 
     def input_decoder(self, names: Sequence[str]) -> InputDecoder:
         """A decoder for the model inputs `names` only (a pipeline feeds the others)."""
+        env = NPUEnvironment.from_env()
+        if self._budget is None:
+            self._budget = PixelBudget(
+                self.config.image_pixel_budget or env.image_pixel_budget, env.image_budget_wait
+            )
         return InputDecoder(
             [spec for spec in self.pool.inputs if spec.name in names],
             self.config.preprocess,
-            self.config.max_image_pixels or NPUEnvironment.from_env().max_image_pixels,
+            self.config.max_image_pixels or env.max_image_pixels,
             declared=self.settings.inputs,
+            budget=self._budget,
         )
 
     def _output_encoder(self) -> OutputEncoder:
         classifier = None
         if self.config.postprocess is not None:
             classifier = Classifier.build(
-                self.config.postprocess,
-                self.pool.outputs,
-                lambda path: Path(to_absolute_path(self.settings, path)),
+                self.config.postprocess, self.pool.outputs, path_resolver(self.settings)
             )
         return OutputEncoder(
             self.pool.outputs, classifier, self.settings.outputs, self.inputs.tiled

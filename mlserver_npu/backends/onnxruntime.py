@@ -15,6 +15,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from . import qnn
 from .base import BackendError, InvalidInput, TensorSpec, context_batch
 from .compiled import cache_folder, files_sha256
+from .external import check_external_data
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -220,6 +221,8 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
     provider, device_options = parse_device(device)
     label = device or "cpu"
     warnings: List[str] = []
+    # The real file: its external data sits beside it, wherever a symlink to it is.
+    real_path = check_external_data(model_path)
     if provider == qnn.PROVIDER:
         try:
             return _open_qnn(model_path, label, device_options, options)
@@ -249,7 +252,7 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
         providers.append(CPU)
     try:
         session = ort.InferenceSession(
-            str(model_path), sess_options=_session_options(options), providers=providers
+            str(real_path), sess_options=_session_options(options), providers=providers
         )
     except Exception as error:  # ORT raises its own exception types for bad files
         raise BackendError(f"onnxruntime cannot open '{model_path.name}': {error}") from error

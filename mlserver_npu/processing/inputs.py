@@ -2,6 +2,7 @@
 preprocessing into the tensor of the model input they name; other tensors are decoded as
 they are (tensors.py)."""
 import asyncio
+from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -9,6 +10,7 @@ from mlserver.errors import InferenceError
 from mlserver.types import MetadataTensor, Parameters, RequestInput
 
 from ..backends import TensorSpec
+from ..codecs.budget import PixelBudget, Reserve
 from ..codecs.image import CONTENT_TYPE as IMAGE, decode_images
 from ..errors import ConfigurationError, shorten
 from ..metrics import stage
@@ -23,6 +25,7 @@ class InputDecoder:
         preprocess: Optional[Sequence[Any]],
         max_pixels: int,
         declared: Optional[Sequence[MetadataTensor]] = None,
+        budget: Optional[PixelBudget] = None,
     ):
         """Compile the preprocessing for every model input that can take images.
 
@@ -31,6 +34,7 @@ class InputDecoder:
         """
         self.specs = list(specs)
         self._max_pixels = max_pixels
+        self._budget = budget
         self._preprocessors: Dict[str, Union[Preprocessor, ConfigurationError]] = {}
         for spec in self.specs:
             try:
@@ -76,7 +80,8 @@ class InputDecoder:
         return request_input.datatype == "BYTES" and spec.name in self._images
 
     def _decode(
-        self, request_input: RequestInput, spec: TensorSpec, tiles: Dict[str, List[int]]
+        self, request_input: RequestInput, spec: TensorSpec, tiles: Dict[str, List[int]],
+        reserve: Optional[Reserve] = None,
     ) -> np.ndarray:
         if not self._is_image(request_input, spec):
             return decode_input(request_input, spec)
@@ -85,7 +90,7 @@ class InputDecoder:
             raise InferenceError(
                 f"input {shorten(request_input.name)} cannot take images: {preprocessor}"
             )
-        images = decode_images(request_input, self._max_pixels, preprocessor.draft_size)
+        images = decode_images(request_input, self._max_pixels, preprocessor.draft_size, reserve)
         try:
             with stage("preprocess"):
                 if preprocessor.tiles is not None:
@@ -103,7 +108,9 @@ class InputDecoder:
         tiles: Dict[str, List[int]] = {}
 
         def decode(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
-            return self._decode(request_input, spec, tiles)
+            # decoded pixels count against the model's budget until preprocessed (budget.py)
+            with self._budget.holding() if self._budget else nullcontext() as reserve:
+                return self._decode(request_input, spec, tiles, reserve)
 
         # Decoding images is CPU work that releases the GIL: keep it off the event loop.
         if any(request_input.datatype == "BYTES" for request_input in request_inputs):

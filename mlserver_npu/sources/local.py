@@ -1,7 +1,11 @@
-"""Files on this machine: finding the model file in a folder, and its digest."""
+"""Files on this machine: finding the model file in a folder, its digest, and keeping the
+paths a model's settings name inside the folders the model may read."""
 import hashlib
+import os
 from pathlib import Path
+from typing import Sequence, Union
 
+from ..errors import ConfigurationError, shorten
 from .base import SourceError
 
 WELL_KNOWN_FILES = ["model.onnx", "model.tflite", "model.xml"]
@@ -38,3 +42,23 @@ def file_sha256(path: Path) -> str:
         while block := file.read(BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def confined(
+    path: Union[str, Path], folder: Path, key: str, allowed: Sequence[Path] = ()
+) -> Path:
+    """`path` (relative to the model's `folder`), symlinks resolved, when it lies inside
+    `folder`, the repository holding it (its parent) or one of the `allowed` folders; else
+    a ConfigurationError naming the settings `key`. A model folder's files can reach clients
+    (labels in every answer), so a setting must not name `/etc/passwd` or a symlink out."""
+    folder = Path(os.path.abspath(folder))
+    # `..` first as written (as MLServer's to_absolute_path does), then the symlinks
+    target = Path(os.path.normpath(folder / path)).resolve()
+    roots = [folder.resolve(), folder.parent.resolve(), *(Path(a).resolve() for a in allowed)]
+    if any(target.is_relative_to(root) for root in roots):
+        return target
+    raise ConfigurationError(
+        f"{key} {shorten(str(path))} resolves to {shorten(str(target))}, outside the model "
+        f"folder '{folder}' and the repository holding it; move the file there, or allow "
+        "its folder with MLSERVER_NPU_ALLOWED_PATHS"
+    )
