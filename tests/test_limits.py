@@ -19,6 +19,7 @@ from typing import Callable, Dict, List
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import psutil
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -36,7 +37,7 @@ BODY_GROWTH = 24 * 2**20
 
 SIDE = 3000  # burst images: 3000x3000 RGB (36 MB decoded, a small PNG)
 BURST = 8
-BUDGET = 2 * SIDE * SIDE  # two of them decoded at once
+BUDGET = SIDE * SIDE  # one of them decoded at a time
 HOLD_MS = 2500  # the "held" model keeps each request this long in its batcher
 
 SLOW_WIDTH, SLOW_LAYERS = 1024, 120  # ~40 ms a request on one thread
@@ -214,9 +215,10 @@ def test_a_burst_of_large_images_decodes_within_the_budget_and_memory_returns(li
         top = {o["name"]: o for o in response.json()["outputs"]}["probabilities"]["data"][0]
         assert top.split(":")[1] == str(label)
     growth = rss.peak - rss.before
-    # Two images of 36 MB decoded at once, with their grey copies (9 MB) and the working
-    # copies of the resize: 70-90 MB measured; without the budget 200-240 MB.
-    assert growth < 3.5 * decoded_bytes, growth / 2**20
+    # One image of 36 MB decoded at a time, with its grey copy (9 MB), the resize's working
+    # copies and the requests' bodies: measured 40-60 MB; without the budget 190-250 MB
+    # (the server decodes up to 6 at once: its default thread pool on 2 cores).
+    assert growth < 2.5 * decoded_bytes, growth / 2**20
     time.sleep(0.5)
     assert rss.now() - rss.before < decoded_bytes, (rss.now() - rss.before) / 2**20
 
@@ -351,3 +353,130 @@ def test_a_path_out_of_the_model_folder_is_a_load_error_naming_the_key(
     message = limited.assert_load_fails(name, words)
     assert "root:" not in message
     assert limited.http.post("/v2/models/digits/infer", json=_digits_body()).status_code == 200
+
+
+def test_allowed_paths_lets_the_operator_name_a_folder_outside(tmp_path, monkeypatch):
+    """In-process: the resolver every postprocess gets its files through (stages.py)."""
+    from mlserver.settings import ModelSettings
+
+    from mlserver_npu.errors import ConfigurationError
+    from mlserver_npu.stages import path_resolver
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "labels.txt").write_text("a\nb\n")
+    folder = tmp_path / "repo" / "model"
+    folder.mkdir(parents=True)
+    (folder / "palette.txt").write_text("x")
+    settings = ModelSettings(
+        name="m", implementation="mlserver_npu.NPURuntime",
+        parameters={"extra": {"postprocess": {"palette": str(shared / "labels.txt")}}},
+    )
+    settings._source = str(folder / "model-settings.json")
+    assert path_resolver(settings)("palette.txt") == (folder / "palette.txt").resolve()
+    with pytest.raises(ConfigurationError, match=r"parameters\.extra\.postprocess\.palette"):
+        path_resolver(settings)(str(shared / "labels.txt"))
+    monkeypatch.setenv("MLSERVER_NPU_ALLOWED_PATHS", str(shared))
+    assert path_resolver(settings)(str(shared / "labels.txt")) == shared / "labels.txt"
+
+
+# --- 4b. ONNX external data, checked by the plugin whatever the runtime does ---
+
+WEIGHT = np.array([[1.5, -2.0, 3.25, 0.5]], np.float32)
+REAL_SESSION = ort.InferenceSession  # the tests below replace it in the onnxruntime module
+
+
+def _external_data_model(model_file: Path, location: str, data_file: Path) -> None:
+    """y = x + w, with w's bytes in `data_file`, which the model names as `location`."""
+    from onnx import external_data_helper
+
+    tensor = numpy_helper.from_array(WEIGHT, "w")
+    external_data_helper.set_external_data(tensor, location, 0, WEIGHT.nbytes)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])], "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [tensor],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    model_file.write_bytes(model.SerializeToString())
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    data_file.write_bytes(WEIGHT.tobytes())
+
+
+def _permissive_session(path: str, **kwargs):
+    """What an old onnxruntime did: read each external-data location wherever it points."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            where = {e.key: e.value for e in tensor.external_data}["location"]
+            tensor.raw_data = (Path(path).parent / where).read_bytes()
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
+    return REAL_SESSION(model.SerializeToString(), **kwargs)
+
+
+def _open_onnx(model_file: Path):
+    import asyncio
+
+    from mlserver_npu.backends.onnxruntime import OnnxRuntimeBackend, Options
+
+    async def run():
+        session = await OnnxRuntimeBackend().open(model_file, None, Options())
+        return (await session.run({"x": np.zeros((1, 4), np.float32)}))["y"]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/ABS/secret.bin", "link.bin"])
+def test_external_data_outside_the_model_folder_is_refused_by_the_plugin(
+    tmp_path, monkeypatch, location
+):
+    """With onnxruntime replaced by one that follows any location (as releases before the
+    runtime's own check did), the plugin still refuses: the runtime is never reached."""
+    from mlserver_npu.backends import BackendError
+    from mlserver_npu.backends import onnxruntime as backend
+
+    secret = tmp_path / "secret.bin"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    if location == "link.bin":
+        os.symlink(secret, folder / "link.bin")  # inside by name, outside once resolved
+    location = location.replace("/ABS", str(tmp_path))
+    _external_data_model(folder / "model.onnx", location, secret)
+    monkeypatch.setattr(backend.ort, "InferenceSession", _permissive_session)
+    # the stand-in does read outside: the refusal below is the plugin's
+    np.testing.assert_array_equal(
+        _permissive_session(str(folder / "model.onnx"))
+        .run(["y"], {"x": np.zeros((1, 4), np.float32)})[0], WEIGHT,
+    )
+    with pytest.raises(BackendError, match="outside the folder of the model file"):
+        _open_onnx(folder / "model.onnx")
+
+
+def test_a_symlinked_model_finds_its_external_data_beside_its_real_file(tmp_path):
+    """A model folder of symlinks (a cache's layout): the weights sit beside the real file,
+    which the runtime is given; it serves x + w."""
+    real = tmp_path / "store" / "model.onnx"
+    _external_data_model(real, "model.onnx.data", real.parent / "model.onnx.data")
+    served = tmp_path / "repo" / "m" / "model.onnx"
+    served.parent.mkdir(parents=True)
+    os.symlink(real, served)
+    np.testing.assert_array_equal(_open_onnx(served), WEIGHT)
+
+
+def test_openvino_reading_an_onnx_file_gets_the_same_check(tmp_path):
+    import asyncio
+
+    from mlserver_npu.backends import BackendError
+    from mlserver_npu.backends.openvino import OpenVINOBackend, Options
+
+    folder = tmp_path / "model"
+    _external_data_model(folder / "model.onnx", "../secret.bin", tmp_path / "secret.bin")
+    with pytest.raises(BackendError, match="outside the folder of the model file"):
+        asyncio.run(OpenVINOBackend().open(folder / "model.onnx", "CPU", Options()))
