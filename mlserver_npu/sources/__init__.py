@@ -56,7 +56,7 @@ async def resolve_model(
 async def _local(settings: ModelSettings, uri: str, pin: Optional[str]) -> ModelSource:
     if not Path(uri).is_absolute():  # an absolute uri is the operator's own choice
         confined(uri, model_folder(settings), "parameters.uri",
-                 NPUEnvironment.from_env().allowed_folders)
+                 NPUEnvironment.from_env().allowed_folders, follow_symlinks=False)
     path = find_model_file(Path(to_absolute_path(settings, uri)))
     digest = await asyncio.to_thread(file_sha256, path)
     if pin and digest != pin:

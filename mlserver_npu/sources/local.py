@@ -45,16 +45,22 @@ def file_sha256(path: Path) -> str:
 
 
 def confined(
-    path: Union[str, Path], folder: Path, key: str, allowed: Sequence[Path] = ()
+    path: Union[str, Path], folder: Path, key: str, allowed: Sequence[Path] = (),
+    follow_symlinks: bool = True,
 ) -> Path:
-    """`path` (relative to the model's `folder`), symlinks resolved, when it lies inside
-    `folder`, the repository holding it (its parent) or one of the `allowed` folders; else
-    a ConfigurationError naming the settings `key`. A model folder's files can reach clients
-    (labels in every answer), so a setting must not name `/etc/passwd` or a symlink out."""
+    """`path` (relative to the model's `folder`) when it lies inside `folder`, the repository
+    holding it (its parent) or one of the `allowed` folders; else a ConfigurationError naming
+    the settings `key`. A model folder's files can reach clients (labels in every answer), so
+    a setting must not name `/etc/passwd`, nor a symlink out: symlinks are resolved first.
+    Without `follow_symlinks` (the model file, which only the runtime reads, and which a
+    cache or a shared store often links to) only the path as written is checked."""
     folder = Path(os.path.abspath(folder))
     # `..` first as written (as MLServer's to_absolute_path does), then the symlinks
-    target = Path(os.path.normpath(folder / path)).resolve()
-    roots = [folder.resolve(), folder.parent.resolve(), *(Path(a).resolve() for a in allowed)]
+    target = Path(os.path.normpath(folder / path))
+    roots = [folder, folder.parent, *(Path(os.path.abspath(a)) for a in allowed)]
+    if follow_symlinks:
+        target = target.resolve()
+        roots = [root.resolve() for root in roots]
     if any(target.is_relative_to(root) for root in roots):
         return target
     raise ConfigurationError(
