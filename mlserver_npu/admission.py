@@ -38,7 +38,8 @@ class Overloaded(MLServerError):
 
 def overloaded_message(model_name: str, limit: int) -> str:
     return (
-        f"model '{model_name}' is overloaded: it already holds {limit} requests "
+        f"model '{model_name}' is overloaded: it already holds {limit} "
+        f"request{'s' if limit != 1 else ''} "
         "(parameters.extra.max_queue_size, by default MLSERVER_NPU_MAX_QUEUE_SIZE); retry later"
     )
 
