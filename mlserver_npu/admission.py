@@ -85,7 +85,9 @@ ADMISSIONS: Dict[str, Admission] = {}
 _ADMITTED: ContextVar[Optional[Admission]] = ContextVar("mlserver_npu_admitted", default=None)
 
 
-def register(model_name: str, limit: int, rejected: Optional[Callable[[], None]] = None) -> Admission:
+def register(
+    model_name: str, limit: int, rejected: Optional[Callable[[], None]] = None
+) -> Admission:
     """The model's admission, shared by its loaded copies, with the newest copy's bound."""
     admission = ADMISSIONS.get(model_name)
     if admission is None:

@@ -223,6 +223,29 @@ def test_a_burst_of_large_images_decodes_within_the_budget_and_memory_returns(li
     assert rss.now() - rss.before < decoded_bytes, (rss.now() - rss.before) / 2**20
 
 
+def test_a_request_that_waits_past_the_budget_wait_gets_a_503():
+    """In-process: while one request holds the whole budget, another waits `wait` seconds
+    and then gets a 503 naming the setting; a request's second image never waits."""
+    from mlserver_npu.codecs.budget import BudgetExhausted, PixelBudget
+
+    budget = PixelBudget(100, wait=0.3)
+    with budget.holding() as first:
+        first(80)
+        first(80)  # its own second image: counted, not waited for
+        assert budget.held == 160
+        started = time.perf_counter()
+        with pytest.raises(BudgetExhausted) as refused:
+            with budget.holding() as second:
+                second(50)
+        assert 0.25 < time.perf_counter() - started < 2
+    assert refused.value.status_code == 503
+    assert "image_pixel_budget" in str(refused.value)
+    assert budget.held == 0
+    with budget.holding() as third:  # free again: no wait
+        third(1000)  # more than the budget: waits for all of it, and takes it
+        assert budget.held == 100
+
+
 def _digits_of(data: bytes) -> np.ndarray:
     """What digits-image's preprocessing makes of the file, computed with Pillow here."""
     image = Image.open(__import__("io").BytesIO(data)).convert("L").resize((8, 8), Image.BOX)
