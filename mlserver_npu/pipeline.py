@@ -33,6 +33,9 @@ from .processing.inputs import InputDecoder
 from .processing.outputs import OutputEncoder
 from .repository import is_npu_runtime
 from .served import ServedModel
+from .settings import NPUEnvironment
+from .sources import model_folder
+from .sources.local import confined
 from .stages import ModelStages, path_resolver
 from .tensors import describe, match_inputs
 
@@ -78,6 +81,8 @@ class Pipeline(ServedModel):
             raise
 
     async def _open(self, step: ModelStep) -> ModelStages:
+        confined(step.model, model_folder(self.settings), f"step '{step.name}': model",
+                 NPUEnvironment.from_env().allowed_folders, follow_symlinks=False)
         folder = Path(to_absolute_path(self.settings, step.model))
         path = folder if folder.name == "model-settings.json" else folder / "model-settings.json"
         if not path.is_file():

@@ -378,6 +378,17 @@ def test_a_path_out_of_the_model_folder_is_a_load_error_naming_the_key(
     assert limited.http.post("/v2/models/digits/infer", json=_digits_body()).status_code == 200
 
 
+def test_a_pipeline_step_out_of_the_repository_is_a_load_error(limited):
+    folder = limited.repository / "escape-pipeline"
+    folder.mkdir()
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": "escape-pipeline", "implementation": "mlserver_npu.Pipeline",
+        "parameters": {"extra": {"steps": [{"name": "only", "model": "../../../../etc"}],
+                                 "outputs": {"y": "only.outputs.y"}}},
+    }))
+    limited.assert_load_fails("escape-pipeline", ["step 'only': model", "outside the model folder"])
+
+
 def test_allowed_paths_lets_the_operator_name_a_folder_outside(tmp_path, monkeypatch):
     """In-process: the resolver every postprocess gets its files through (stages.py)."""
     from mlserver.settings import ModelSettings
