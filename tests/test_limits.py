@@ -442,7 +442,8 @@ def _external_data_model(model_file: Path, location: str, data_file: Path) -> No
 
 
 def _permissive_session(path: str, **kwargs):
-    """What an old onnxruntime did: read each external-data location wherever it points."""
+    """What onnxruntime 1.22.1 (which setup.py allows) does: read each external-data location
+    wherever it points, `../secret.bin` included (checked by hand against that release)."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)
@@ -471,8 +472,8 @@ def _open_onnx(model_file: Path):
 def test_external_data_outside_the_model_folder_is_refused_by_the_plugin(
     tmp_path, monkeypatch, location
 ):
-    """With onnxruntime replaced by one that follows any location (as releases before the
-    runtime's own check did), the plugin still refuses: the runtime is never reached."""
+    """With onnxruntime replaced by one that follows any location (as 1.22.1 does), the
+    plugin still refuses: the runtime is never reached."""
     from mlserver_npu.backends import BackendError
     from mlserver_npu.backends import onnxruntime as backend
 
