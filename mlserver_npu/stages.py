@@ -89,7 +89,7 @@ class ModelStages:
         self.outputs: OutputEncoder
         self.batcher: Optional[Batcher] = None
         self._requests = Drain(settings.name)
-        self._budget: Optional[PixelBudget] = None  # the decoders' (one per pipeline step)
+        self._budget: Optional[PixelBudget] = None  # shared by this model's decoders
 
     @classmethod
     async def open(cls, settings: ModelSettings, label: Optional[str] = None) -> "ModelStages":

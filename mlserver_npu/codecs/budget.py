@@ -4,7 +4,9 @@ its requests. A request whose image does not fit waits for others to finish thei
 concurrent large images cost at most the budget, not N times an image.
 
 Only a request's first image waits; its further images are counted without waiting, so
-two requests that each hold part of the budget never wait for each other.
+two requests that each hold part of the budget never wait for each other. A request waits in
+its decoding thread (decoding runs in asyncio's default executor): the requests holding the
+budget do not need another thread to finish, so the waiters cannot starve them.
 
 The budget bounds the memory only if freed images go back to the system: glibc raises its
 mmap threshold after each large free, so that later large blocks (Pillow's 16 MB image
