@@ -21,7 +21,11 @@ setup(
         "mlserver>=1.7.1,<1.8",
         # uvloop 0.22 kills MLServer's worker processes at start (SeldonIO/MLServer#2286).
         "uvloop<0.22",
-        "onnxruntime>=1.17",
+        # tested with 1.22.1 and 1.32.0; 1.22 reads ONNX external data outside the model's
+        # folder, which the plugin refuses itself (backends/external.py)
+        "onnxruntime>=1.22",
+        # ONNX external-data locations checked by the plugin (backends/external.py)
+        "onnx>=1.16",
         "numpy>=1.24",
         "pydantic>=2.0,<3",
         "pydantic-settings>=2.0",
@@ -51,8 +55,9 @@ setup(
             "moto[server]>=5.0",
             # TFLite serving tests, and examples/make_npu_models.py's flatbuffer schema
             "ai-edge-litert>=1.0",
-            # the openvino backend, tested for real on the CPU (tests/test_openvino.py)
-            "openvino>=2024.0",
+            # the openvino backend, tested for real on the CPU (tests/test_openvino.py) with
+            # 2025.4 and 2026.4; 2024.6 fails AUTO:NPU,CPU where the NPU plugin cannot load
+            "openvino>=2025.4",
             # QNN on the emulated HTP (tests/test_qnn.py); a plugin beside onnxruntime, which
             # it does not replace; its wheels are for Linux x86_64 and Windows
             "onnxruntime-qnn>=2.7; sys_platform == 'linux' and platform_machine == 'x86_64'",
@@ -81,7 +86,7 @@ setup(
         "furiosa": ["furiosa-runtime>=0.10"],
         # Intel CPUs, GPUs and NPUs (backend "openvino"); never onnxruntime-openvino, which
         # replaces the onnxruntime package in place
-        "openvino": ["openvino>=2024.0"],
+        "openvino": ["openvino>=2025.4"],
         # Qualcomm NPUs (device "qnn"): the plugin EP needs onnxruntime >= 1.24.2
         "qnn": ["onnxruntime-qnn>=2.7", "onnxruntime>=1.24.2"],
         # onnxruntime's options.shape (fixing unnamed dynamic dims) rewrites the model with onnx

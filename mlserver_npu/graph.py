@@ -102,6 +102,10 @@ class PipelineSettings(BaseModel):
     steps: List[Step] = Field(min_length=1)
     outputs: Dict[str, Ref] = Field(min_length=1, description="pipeline output -> reference")
     postprocess: Optional[PostprocessSettings] = None  # type: ignore[valid-type]
+    max_queue_size: Optional[int] = Field(
+        None, ge=0, description="Requests the pipeline holds at once (0: no bound); past it a "
+        "429; default MLSERVER_NPU_MAX_QUEUE_SIZE."
+    )
 
 
 def settings_error(error: ValidationError, extra: Any) -> str:

@@ -79,7 +79,7 @@ class SessionMetrics:
 
 
 STAGES = ("decode", "preprocess", "queue", "device", "postprocess", "encode")
-OUTCOMES = ("ok", "client_error", "server_error")
+OUTCOMES = ("ok", "client_error", "server_error", "rejected")
 MODEL_LABELS = ["model_name", "model_version"]
 # Seconds: a device run on an NPU is ~1 ms, decoding a large JSON body can take 100 ms.
 STAGE_BUCKETS = (
@@ -105,7 +105,8 @@ class ModelMetrics:
     - `mlserver_npu_stage_seconds{stage}`: time per request in each stage of STAGES;
     - `mlserver_npu_batch_rows`: request rows per device run, padding excluded;
     - `mlserver_npu_load_seconds`: download, compile and warm-up of one load;
-    - `mlserver_npu_requests_total{outcome}`: requests by outcome in OUTCOMES.
+    - `mlserver_npu_requests_total{outcome}`: requests by outcome in OUTCOMES (`rejected`:
+      refused by load shedding, admission.py).
 
     `model_version` is always a string ("" when the model has none), never "None".
     """

@@ -33,7 +33,10 @@ from .processing.outputs import OutputEncoder
 from .processing.postprocess import BuildContext, build_all
 from .repository import is_npu_runtime
 from .served import ServedModel
-from .stages import ModelStages, metadata_size, request_context, resolve_path
+from .settings import NPUEnvironment
+from .sources import model_folder
+from .sources.local import confined
+from .stages import ModelStages, metadata_size, path_resolver, request_context
 from .tensors import describe, match_inputs
 
 logger = logging.getLogger("mlserver.npu")
@@ -78,6 +81,8 @@ class Pipeline(ServedModel):
             raise
 
     async def _open(self, step: ModelStep) -> ModelStages:
+        confined(step.model, model_folder(self.settings), f"step '{step.name}': model",
+                 NPUEnvironment.from_env().allowed_folders, follow_symlinks=False)
         folder = Path(to_absolute_path(self.settings, step.model))
         path = folder if folder.name == "model-settings.json" else folder / "model-settings.json"
         if not path.is_file():
@@ -138,7 +143,7 @@ class Pipeline(ServedModel):
         image_input = image_decoder.image_input if image_decoder else None
         metadata = source.model_metadata if source is not None else {}
         context = BuildContext(
-            resolve=lambda path: resolve_path(self.settings, path),
+            resolve=path_resolver(self.settings),
             metadata=metadata,
             input_size=(image_decoder.input_size(image_input) if image_decoder else None)
             or metadata_size(metadata),
@@ -154,7 +159,7 @@ class Pipeline(ServedModel):
         self._step_metrics = StepMetrics(self.name, self.version)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        with self._requests.running(), self._metrics.serving():
+        with self.admitted(), self._requests.running(), self._metrics.serving():
             return await self._predict(payload)
 
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:

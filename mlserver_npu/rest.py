@@ -23,6 +23,7 @@ from mlserver.rest.server import RESTServer
 from packaging.version import Version
 from starlette.applications import Starlette
 
+from .limits import Limits
 from .rest_errors import BoundedErrors
 from .wire import SUPPORTED, fingerprint
 
@@ -31,7 +32,10 @@ logger = logging.getLogger("mlserver.npu")
 ASGIApp = Callable[..., Any]
 
 # The ASGI middleware classes the boundary puts in front of MLServer's app, outermost first.
-LAYERS: List[Callable[[ASGIApp], ASGIApp]] = [BoundedErrors]
+LAYERS: List[Callable[[ASGIApp], ASGIApp]] = [
+    Limits,  # limits.py: request body size (413) and per-model load shedding (429)
+    BoundedErrors,  # rest_errors.py: MLServer's own error bodies bounded, no bare 500
+]
 
 # What `install` wraps, with the sha256 of its source in MLServer 1.7.1.
 CHECKED: Dict[str, Tuple[Callable[[], Callable], str]] = {

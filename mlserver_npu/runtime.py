@@ -45,7 +45,7 @@ class NPURuntime(ServedModel):
         stages = getattr(self, "_stages", None)
         if stages is None:
             raise ModelUnloaded(self.name)
-        with self._metrics.serving():
+        with self.admitted(), self._metrics.serving():
             outputs = await stages.infer(
                 payload.inputs, payload.outputs, wire.carries_arrays(payload), payload.parameters
             )

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Iterator
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
-from . import grpc_errors, rest, wire
+from . import admission, grpc_errors, rest, wire
 from .errors import ModelLoadError
 from .metrics import ModelMetrics
 from .settings import NPUEnvironment
@@ -47,6 +47,25 @@ class ServedModel(MLModel):
         self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
         self._metrics = ModelMetrics(self.name, self.version)  # no series for a failed load
         self._metrics.load(time.perf_counter() - started)
+        self._admission = admission.register(
+            self.name, self._max_queue_size(), lambda: self._metrics.request("rejected")
+        )
+
+    def _max_queue_size(self) -> int:
+        """`parameters.extra.max_queue_size` (validated by the load), else the environment's."""
+        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
+        value = extra.get("max_queue_size")
+        return int(value) if value is not None else NPUEnvironment.from_env().max_queue_size
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Around `predict`: past the model's `max_queue_size`, a 429 at once (admission.py)."""
+        held = getattr(self, "_admission", None)
+        if held is None:
+            yield
+            return
+        with held.admitted():
+            yield
 
     async def metadata(self) -> MetadataModelResponse:
         """MLServer's, with `versions` listing the model's `parameters.version` (MLServer
@@ -61,6 +80,9 @@ class ServedModel(MLModel):
         if getattr(self, "_zero_copy", False):
             wire.unregister(self.settings)
             self._zero_copy = False
+        if getattr(self, "_admission", None) is not None:
+            admission.unregister(self._admission)
+            self._admission = None
 
     async def predict_stream(
         self, payloads: AsyncIterator[InferenceRequest]

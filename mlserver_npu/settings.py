@@ -64,6 +64,14 @@ class NPUSettings(BaseModel):
         None, ge=1, description="Largest image (width x height) this model decodes; default "
         "MLSERVER_NPU_MAX_IMAGE_PIXELS."
     )
+    image_pixel_budget: Optional[int] = Field(
+        None, ge=1, description="Pixels this model decodes at once over all requests; "
+        "default MLSERVER_NPU_IMAGE_PIXEL_BUDGET."
+    )
+    max_queue_size: Optional[int] = Field(
+        None, ge=0, description="Requests this model holds, queued and running (0: no bound); "
+        "past it a 429; default MLSERVER_NPU_MAX_QUEUE_SIZE."
+    )
     preprocess: Optional[PreprocessOps] = Field(
         None, description="Image preprocessing: a preset name or a list of ops."
     )
@@ -161,8 +169,25 @@ class NPUEnvironment(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MLSERVER_NPU_", extra="ignore")
 
-    # Pillow's own default: decoding more pixels than this is refused (decompression bombs).
-    max_image_pixels: int = Field(89_478_485, ge=1)
+    # A 48-megapixel camera's full-size photo (8000x6000) fits; a detector sees 640x640 of it.
+    # Pillow's own 89.5 M is a quarter of a gigabyte per RGB image.
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="largest image (width x height) a model decodes"
+    )
+    image_pixel_budget: int = Field(
+        100_000_000, ge=1, description="pixels one model decodes at once, over all requests"
+    )
+    image_budget_wait: float = Field(
+        10.0, ge=0, description="seconds a request waits for the pixel budget before a 503"
+    )
+    max_queue_size: int = Field(
+        128, ge=0, description="requests one model holds (queued and running); 0: unbounded"
+    )
+    max_request_bytes: ByteSize = Field(ByteSize(64 * 2**20), gt=0, description="largest REST request body, after decompression")
+    allowed_paths: str = Field(
+        "", description="folders outside the model folders that settings may name "
+        f"({os.pathsep}-separated)"
+    )
 
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     download_timeout: float = Field(
@@ -184,6 +209,10 @@ class NPUEnvironment(BaseSettings):
     grpc_errors: bool = Field(
         True, description="one log line per gRPC client error, bounded details (grpc_errors.py)"
     )
+
+    @property
+    def allowed_folders(self) -> List[Path]:
+        return [Path(part) for part in self.allowed_paths.split(os.pathsep) if part.strip()]
 
     @classmethod
     def from_env(cls) -> "NPUEnvironment":

@@ -5,17 +5,17 @@ import ast
 import asyncio
 import logging
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.settings import ModelSettings
 from mlserver.types import Parameters, RequestInput, RequestOutput, ResponseOutput
-from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
 from .backends import BackendError, InvalidInput, get_backend, model_metadata, session_details
 from .batcher import Batcher
+from .codecs.budget import PixelBudget
 from .drain import Drain
 from .errors import ConfigurationError, ModelLoadError, ServerFault, bounded
 from .metrics import stage
@@ -24,7 +24,8 @@ from .processing.inputs import Decoded, InputDecoder
 from .processing.outputs import OutputEncoder
 from .processing.postprocess import BuildContext, RequestContext, build_all
 from .settings import NPUEnvironment, NPUSettings, describe_validation_error
-from .sources import ModelSource, SourceError, resolve_model
+from .sources import ModelSource, SourceError, model_folder, resolve_model
+from .sources.local import confined
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -38,12 +39,6 @@ def parse_extra(settings: ModelSettings, model: type, name: str):
         raise ModelLoadError(
             name, describe_validation_error(error, "parameters.extra", model, extra)
         ) from None
-
-
-def resolve_path(settings: ModelSettings, path: str) -> Path:
-    """A file that a model's settings name (labels, palettes): relative to the folder of its
-    model-settings.json. The one place such paths are resolved."""
-    return Path(to_absolute_path(settings, path))
 
 
 def metadata_size(metadata: Mapping[str, str]) -> Optional[Tuple[int, int]]:
@@ -114,6 +109,36 @@ def check_not_shared(name: str, backend: str, devices: Sequence[Optional[str]]) 
         )
 
 
+def _key_of(value: Any, path: str, where: str) -> Optional[str]:
+    """Where in `value` (the settings' `parameters.extra`) the string `path` is written."""
+    if value == path:
+        return where
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ()
+    )
+    for key, item in items:
+        found = _key_of(item, path, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
+def path_resolver(settings: ModelSettings) -> Callable[..., Path]:
+    """The one way a postprocess (labels, palettes, dictionaries) gets a file its settings
+    name: `resolve(path)` is the file, symlinks resolved, inside the model folder or the
+    repository holding it (or a folder of MLSERVER_NPU_ALLOWED_PATHS); elsewhere it is a
+    ConfigurationError naming the key (found in `parameters.extra`, or given as `key`)."""
+    folder = model_folder(settings)
+    allowed = NPUEnvironment.from_env().allowed_folders
+    extra = (settings.parameters.extra if settings.parameters else None) or {}
+
+    def resolve(path: str, key: Optional[str] = None) -> Path:
+        key = key or _key_of(extra, path, "parameters.extra") or "a path in parameters.extra"
+        return confined(path, folder, key, allowed)
+
+    return resolve
+
+
 class ModelStages:
     """Request tensors -> decoder -> pool -> encoder -> response tensors, for one model."""
 
@@ -137,6 +162,7 @@ class ModelStages:
         self.model_metadata: Dict[str, str] = {}
         self.batcher: Optional[Batcher] = None
         self._requests = Drain(settings.name)
+        self._budget: Optional[PixelBudget] = None  # shared by this model's decoders
 
     @classmethod
     async def open(cls, settings: ModelSettings, label: Optional[str] = None) -> "ModelStages":
@@ -166,11 +192,17 @@ class ModelStages:
 
     def input_decoder(self, names: Sequence[str]) -> InputDecoder:
         """A decoder for the model inputs `names` only (a pipeline feeds the others)."""
+        env = NPUEnvironment.from_env()
+        if self._budget is None:
+            self._budget = PixelBudget(
+                self.config.image_pixel_budget or env.image_pixel_budget, env.image_budget_wait
+            )
         return InputDecoder(
             [spec for spec in self.pool.inputs if spec.name in names],
             self.config.preprocess,
-            self.config.max_image_pixels or NPUEnvironment.from_env().max_image_pixels,
+            self.config.max_image_pixels or env.max_image_pixels,
             declared=self.settings.inputs,
+            budget=self._budget,
         )
 
     def build_context(self, image_input: Optional[str] = None) -> BuildContext:
@@ -178,7 +210,7 @@ class ModelStages:
         image_input = image_input or self.inputs.image_input
         size = self.inputs.input_size(image_input) if image_input else None
         return BuildContext(
-            resolve=lambda path: resolve_path(self.settings, path),
+            resolve=path_resolver(self.settings),
             metadata=self.model_metadata,
             input_size=size or metadata_size(self.model_metadata),
             image_input=image_input,

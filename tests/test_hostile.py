@@ -44,6 +44,12 @@ def hostile(tmp_path_factory):
     )
     copy_model(repository / "digits-image", repository, "digits-image-small",
                {"max_image_pixels": LIMITED_PIXELS})
+    # 9000x9000 headers are over the default max_image_pixels (50 M): let this copy take them,
+    # so that the PNG data checks behind the pixel limit are reached
+    settings_file = repository / "digits-image" / "model-settings.json"
+    settings = json.loads(settings_file.read_text())
+    settings["parameters"]["extra"]["max_image_pixels"] = 100_000_000
+    settings_file.write_text(json.dumps(settings))
     for datatype, (onnx_type, _) in TYPED.items():
         name = f"id-{datatype.lower()}"
         write_model(repository / name, name, {},

@@ -16,6 +16,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 from . import qnn
 from .base import BackendError, InvalidInput, TensorSpec, context_batch, is_input_failure
 from .compiled import cache_folder, files_sha256
+from .external import check_external_data
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -334,10 +335,12 @@ def _open(model_path: Path, device: Optional[str], options: Options) -> OnnxRunt
     provider, device_options = parse_device(device)
     label = device or "cpu"
     warnings: List[str] = []
-    source: Union[str, bytes] = str(model_path)
+    # The real file: its external data sits beside it, wherever a symlink to it is.
+    real_path = check_external_data(model_path)
+    source: Union[str, bytes] = str(real_path)
     try:
         if options.shape:
-            source = reshaped(model_path, options.shape)
+            source = reshaped(real_path, options.shape)
         check_free_dimensions(source, options.free_dimensions)
     except BackendError:
         raise

@@ -27,6 +27,7 @@ from pydantic import (
 
 from .base import BackendError, InvalidInput, TensorSpec, context_batch, is_input_failure
 from .compiled import cache_entry, files_sha256
+from .external import check_external_data
 
 try:
     import openvino as ov
@@ -337,6 +338,8 @@ def _compile(model_path: Path, device: str, options: Options) -> _Compiled:
     for file in files:
         if not file.is_file():
             raise BackendError(f"OpenVINO model file '{file.name}' does not exist")
+    if model_path.suffix.lower() == ".onnx":  # its external data: beside the real file only
+        model_path = check_external_data(model_path)
     start = time.perf_counter()
     source, shapes = _read(core, model_path, device, options)
     config = options.config()

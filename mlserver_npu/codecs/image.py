@@ -20,6 +20,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import shorten
 from ..tensors import flatten
+from .budget import Reserve
 
 CONTENT_TYPE = "image"
 ORIGINAL_SIZE = "mlserver_npu.original_size"  # key in a decoded image's `info`
@@ -84,11 +85,17 @@ def _open(data: bytes) -> Image.Image:
         ) from None
 
 
-def open_image(data: bytes, max_pixels: int, draft_size: Optional[DraftSize] = None) -> Image.Image:
+def open_image(
+    data: bytes,
+    max_pixels: int,
+    draft_size: Optional[DraftSize] = None,
+    reserve: Optional[Reserve] = None,
+) -> Image.Image:
     """Decode one encoded image, upright (EXIF orientation applied), first frame only.
 
     The pixel count is checked from the header, before any pixel is decoded. A JPEG is
     decoded at 1/2, 1/4 or 1/8 scale when `draft_size` says that is still large enough.
+    `reserve` (a PixelBudget's) is told the pixels about to be decoded, and may wait.
     """
     try:
         image = _open(data)
@@ -117,6 +124,8 @@ def open_image(data: bytes, max_pixels: int, draft_size: Optional[DraftSize] = N
         wanted = draft_size(upright)
         if wanted is not None:
             image.draft(None, wanted[::-1] if transposed else wanted)
+    if reserve is not None:
+        reserve(image.size[0] * image.size[1])
     try:
         image.load()
     except Exception as error:  # truncated or corrupt pixel data
@@ -132,7 +141,10 @@ def original_size(image: Image.Image) -> Tuple[int, int]:
 
 
 def decode_images(
-    request_input: RequestInput, max_pixels: int, draft_size: Optional[DraftSize] = None
+    request_input: RequestInput,
+    max_pixels: int,
+    draft_size: Optional[DraftSize] = None,
+    reserve: Optional[Reserve] = None,
 ) -> List[Image.Image]:
     """All images of one request input; a bad one is a 400 naming the input and its index."""
     name = shorten(request_input.name)
@@ -160,7 +172,7 @@ def decode_images(
     images = []
     for index, payload in enumerate(payloads):
         try:
-            images.append(open_image(payload_bytes(payload), max_pixels, draft_size))
+            images.append(open_image(payload_bytes(payload), max_pixels, draft_size, reserve))
         except ImageError as error:
             raise InferenceError(f"input {name}, batch index {index}: {error}") from None
     return images

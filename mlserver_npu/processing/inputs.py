@@ -4,6 +4,7 @@ they are (tensors.py). The geometry of every image row and the decoded images tr
 the feeds, for the postprocessing (boxes back to the client's pixels, drawn results, crops)."""
 import asyncio
 from dataclasses import dataclass, field
+from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from mlserver.types import MetadataTensor, Parameters, RequestInput
 
 from ..backends import TensorSpec
+from ..codecs.budget import PixelBudget, Reserve
 from ..codecs.image import CONTENT_TYPE as IMAGE, decode_images, original_size
 from ..errors import ConfigurationError, shorten
 from ..metrics import stage
@@ -43,6 +45,7 @@ class InputDecoder:
         preprocess: Optional[Sequence[Any]],
         max_pixels: int,
         declared: Optional[Sequence[MetadataTensor]] = None,
+        budget: Optional[PixelBudget] = None,
     ):
         """Compile the preprocessing for every model input that can take images.
 
@@ -51,6 +54,7 @@ class InputDecoder:
         """
         self.specs = list(specs)
         self._max_pixels = max_pixels
+        self._budget = budget
         self._preprocessors: Dict[str, Union[Preprocessor, ConfigurationError]] = {}
         for spec in self.specs:
             try:
@@ -132,7 +136,8 @@ class InputDecoder:
         return preprocessor.size if isinstance(preprocessor, Preprocessor) else None
 
     def _decode(
-        self, request_input: RequestInput, spec: TensorSpec, decoded: Decoded
+        self, request_input: RequestInput, spec: TensorSpec, decoded: Decoded,
+        reserve: Optional[Reserve] = None,
     ) -> np.ndarray:
         if not self._is_image(request_input, spec):
             return decode_input(request_input, spec)
@@ -141,7 +146,7 @@ class InputDecoder:
             raise InferenceError(
                 f"input {shorten(request_input.name)} cannot take images: {preprocessor}"
             )
-        images = decode_images(request_input, self._max_pixels, preprocessor.draft_size)
+        images = decode_images(request_input, self._max_pixels, preprocessor.draft_size, reserve)
         geometries = []
         for image in images:
             width, height = original_size(image)
@@ -166,7 +171,9 @@ class InputDecoder:
 
         def decode(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
             decoded.tiles = None
-            feed = self._decode(request_input, spec, decoded)
+            # decoded pixels count against the model's budget until preprocessed (budget.py)
+            with self._budget.holding() if self._budget else nullcontext() as reserve:
+                feed = self._decode(request_input, spec, decoded, reserve)
             if decoded.tiles is not None:
                 tiles[spec.name] = decoded.tiles
             return feed

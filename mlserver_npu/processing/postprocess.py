@@ -35,7 +35,7 @@ class BuildContext:
     """What a postprocess may use at load, besides its settings and the model's outputs.
 
     resolve: a path named in the settings (labels, palettes) -> the file, relative to the model
-    folder (stages.resolve_path, the one place that decides where such files may be).
+    folder (stages.path_resolver, the one place that decides where such files may be).
     metadata: the model file's own metadata map (ONNX custom metadata: Ultralytics' `names`,
     `imgsz`, `task`; PaddleOCR's `character`), {} when it has none.
     input_size: (height, width) of the model's image input when it is fixed (by the model or

@@ -10,10 +10,16 @@ from mlserver.utils import to_absolute_path
 
 from ..settings import NPUEnvironment
 from .base import DigestMismatch, ModelSource, SourceError
-from .local import file_sha256, find_model_file
+from .local import confined, file_sha256, find_model_file
 from .remote import SCHEMES, fetch
 
-__all__ = ["ModelSource", "SourceError", "resolve_model"]
+__all__ = ["ModelSource", "SourceError", "model_folder", "resolve_model"]
+
+
+def model_folder(settings: ModelSettings) -> Path:
+    """The folder of the model's model-settings.json (the working directory without one),
+    against which its relative paths resolve."""
+    return Path(to_absolute_path(settings, ".")).absolute()
 
 
 @asynccontextmanager
@@ -48,6 +54,9 @@ async def resolve_model(
 
 
 async def _local(settings: ModelSettings, uri: str, pin: Optional[str]) -> ModelSource:
+    if not Path(uri).is_absolute():  # an absolute uri is the operator's own choice
+        confined(uri, model_folder(settings), "parameters.uri",
+                 NPUEnvironment.from_env().allowed_folders, follow_symlinks=False)
     path = find_model_file(Path(to_absolute_path(settings, uri)))
     digest = await asyncio.to_thread(file_sha256, path)
     if pin and digest != pin:
