@@ -76,7 +76,7 @@ def in_process_decode(repeats: int = 20) -> Dict[str, float]:
     start = time.perf_counter()
     for _ in range(repeats):
         (row,) = decoder({"output0": head}, (640, 640), 0.25)
-        kept = nms(row, 0.45, False, None)
+        kept = nms(row, 0.45, False)
     seconds = (time.perf_counter() - start) / repeats
     return {"ms": 1000 * seconds, "candidates": len(row), "kept": len(kept)}
 

@@ -700,3 +700,94 @@ def test_the_metadata_ultralytics_appends_to_a_tflite_file(tmp_path):
     assert metadata_labels(found) == ["person", "bicycle"]
     # and ONNX's custom metadata, as onnxruntime reads it (a Python dict's str)
     assert metadata_labels({"names": "{0: 'person', 2: 'car'}"}) == ["person", "", "car"]
+
+
+# --- a request at confidence_threshold 0: the cost of NMS stays bounded ------------------
+
+def _dense_head(seed=0):
+    """A [1, 84, 8400] YOLOv8 head as at threshold 0: every anchor a candidate, 200 of them
+    scoring 0.3 to 1, the rest below 0.2 (scores rounded to 1/256 as an int8 head's are, so
+    equal scores straddle the cut)."""
+    rng = np.random.default_rng(seed)
+    head = np.zeros((1, 84, 8400), np.float32)
+    head[0, :2] = rng.uniform(0, 640, (2, 8400))
+    head[0, 2:4] = rng.uniform(8, 160, (2, 8400))
+    head[0, 4:] = np.round(rng.uniform(0, 0.2, (80, 8400)) * 256) / 256
+    anchors = rng.choice(8400, 200, replace=False)
+    head[0, 4 + rng.integers(0, 80, 200), anchors] = rng.uniform(0.3, 1, 200)
+    return head
+
+
+def _dense_detection(**settings):
+    from mlserver_npu.backends import TensorSpec
+    from mlserver_npu.processing.detection import Detection, DetectionSettings
+    from mlserver_npu.processing.postprocess import BuildContext
+
+    spec = TensorSpec("output0", np.dtype(np.float32), [1, 84, 8400])
+    config = DetectionSettings(type="detection", decoder="yolov8", **settings)
+    return Detection.build(config, [spec], BuildContext(resolve=lambda p: p, input_size=(640, 640)))
+
+
+def test_at_threshold_0_only_the_best_candidates_enter_nms(monkeypatch):
+    """8,400 candidates at threshold 0 (OpenCV's NMS: ~0.3 s on them here, quadratic):
+    NMS gets the best 1,000 by default, and the detections scoring above the configured
+    threshold are those a request at that threshold gets."""
+    from mlserver.types import Parameters
+
+    from mlserver_npu.processing.detection import PRE_NMS_TOP_K
+
+    given = []
+    batched = cv2.dnn.NMSBoxesBatched
+
+    def counting(boxes, scores, classes, *args, **kwargs):
+        given.append(np.array(scores))
+        return batched(boxes, scores, classes, *args, **kwargs)
+
+    monkeypatch.setattr(cv2.dnn, "NMSBoxesBatched", counting)
+    detection = _dense_detection(confidence_threshold=0.25, max_detections=10_000)
+    head = _dense_head()
+    at_zero = detection.detect(
+        {"output0": head}, _context(), detection.options(Parameters(confidence_threshold=0))
+    )[0]
+    best = np.sort(head[0, 4:].max(axis=0))[::-1][:PRE_NMS_TOP_K]
+    assert len(given[0]) == PRE_NMS_TOP_K == 1000
+    np.testing.assert_array_equal(np.sort(given[0])[::-1], best)
+    assert len(at_zero) <= PRE_NMS_TOP_K
+    usual = detection.detect({"output0": head}, _context(), detection.options(None))[0]
+    assert len(given[1]) == 200 and len(usual) > 100
+    above = at_zero.scores > 0.25
+    np.testing.assert_array_equal(at_zero.scores[above], usual.scores)
+    np.testing.assert_array_equal(at_zero.boxes[above], usual.boxes)
+
+
+def test_a_configured_pre_nms_top_k_and_weighted_nms_take_the_cut_too(monkeypatch):
+    from mlserver.types import Parameters
+
+    from mlserver_npu.processing import detection as module
+
+    given = []
+    weighted = module.weighted_nms
+
+    def counting(candidates, *args):
+        given.append(len(candidates))
+        return weighted(candidates, *args)
+
+    monkeypatch.setattr(module, "weighted_nms", counting)
+    detection = _dense_detection(nms="weighted", pre_nms_top_k=50)
+    detection.detect(
+        {"output0": _dense_head()}, _context(), detection.options(Parameters(confidence_threshold=0))
+    )
+    assert given == [50]
+
+
+def test_the_cut_keeps_what_a_stable_sort_puts_first():
+    """Equal scores at the cut: the first ones, as OpenCV's stable sort would keep them."""
+    from mlserver_npu.processing.detection import best
+
+    rng = np.random.default_rng(1)
+    scores = (rng.integers(0, 20, 5000) / 20).astype(np.float32)
+    for k in (1, 7, 250, 4999):
+        np.testing.assert_array_equal(
+            best(scores, k), np.sort(np.argsort(-scores, kind="stable")[:k])
+        )
+    assert best(scores, 5000) is None

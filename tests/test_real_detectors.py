@@ -413,3 +413,23 @@ def test_vendored_models_are_what_the_script_makes(tmp_path):
             np.testing.assert_array_equal(made_pixels, np.asarray(Image.open(REPO / name)))
         else:
             assert (tmp_path / name).read_bytes() == (REPO / name).read_bytes(), name
+
+
+def test_a_request_at_threshold_0_is_answered_with_at_most_the_cut(served, layout_reference):
+    """PicoDet with multi_label at confidence_threshold 0: every cell x every class, ~101k
+    candidates a page (OpenCV's NMS on all of them: minutes). Only the best 1,000 enter NMS,
+    so the answer comes (200, within the client's timeout) with at most 1,000 detections,
+    and those above the folder's threshold are the ones a request at it gets."""
+    images, _ = layout_reference
+    usual = rest_and_grpc(served, "layout-picodet", "image", images[:1])[0][0]
+    response = served.http.post("/v2/models/layout-picodet/infer", json={
+        "inputs": [image_input("image", images[:1])],
+        "parameters": {"confidence_threshold": 0, "max_detections": 10_000},
+    })
+    assert response.status_code == 200, response.text
+    (found,) = detections({o["name"]: o for o in response.json()["outputs"]}, False)
+    assert 100 < len(found["scores"]) <= 1000
+    above = found["scores"] > 0.5
+    assert above.sum() == len(usual["scores"]) >= 3
+    np.testing.assert_array_equal(found["scores"][above], usual["scores"])
+    np.testing.assert_array_equal(found["boxes"][above], usual["boxes"])

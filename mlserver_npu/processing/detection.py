@@ -36,6 +36,14 @@ from .postprocess import (
 logger = logging.getLogger("mlserver.npu")
 
 MAX_DETECTIONS = 10_000  # the most a request may ask for
+# OpenCV's NMS compares each candidate with every box kept so far: quadratic when few overlap.
+# Measured here (python -m bench.nms_cost, 2 cores loaded ~4x by other work; 80 classes, boxes
+# all over 640x640): NMSBoxesBatched 0.8 ms at 500 candidates, 3.5 ms at 1,000, 15 ms at 2,000,
+# 310 ms at 8,400, 5.1 s at 30,000. A request may lower confidence_threshold to 0 (mAP
+# evaluation does), where a detector gives every anchor (x every class with multi_label:
+# 100k for picodet); so only the best 1,000 of an image enter NMS whatever the threshold, as
+# PaddleDetection's MultiClassNMS (nms_top_k) and MMDetection (nms_pre) default to.
+PRE_NMS_TOP_K = 1000
 
 
 class DetectionOutputs(BaseModel):
@@ -70,8 +78,9 @@ class DetectionSettings(BaseModel):
         "averaged over the overlapping candidates, class-agnostic), as BlazeFace is tuned with"
     )
     max_detections: int = Field(300, ge=1, le=MAX_DETECTIONS, description="per image, after NMS")
-    pre_nms_top_k: Optional[int] = Field(
-        None, ge=1, description="only the best this many candidates of an image enter NMS"
+    pre_nms_top_k: int = Field(
+        PRE_NMS_TOP_K, ge=1, description="only the best this many candidates of an image enter "
+        "NMS (its cost grows with their square): what bounds a request's cost at any threshold"
     )
     labels: Union[str, List[str], None] = Field(
         None, description="a labels file (one per line, relative path) or a list; default: the "
@@ -121,16 +130,32 @@ class Options(BaseModel):
     max_detections: int
 
 
-def nms(
-    candidates: Candidates,
-    iou_threshold: float,
-    class_agnostic: bool,
-    top_k: Optional[int],
-) -> np.ndarray:
+def best(scores: np.ndarray, top_k: int) -> Optional[np.ndarray]:
+    """Indices, in order, of the `top_k` best scores (None when there are no more): the ones
+    a stable sort by score would put first (of equal scores at the cut, the first ones), in
+    O(n) (np.partition) rather than the O(n log n) of sorting 100k candidates."""
+    if len(scores) <= top_k:
+        return None
+    kth = np.partition(scores, len(scores) - top_k)[len(scores) - top_k]
+    above = np.flatnonzero(scores > kth)
+    ties = np.flatnonzero(scores == kth)[: top_k - len(above)]
+    return np.sort(np.concatenate([above, ties]))
+
+
+def top_candidates(row: Candidates, top_k: int) -> Candidates:
+    """The best `top_k` candidates of an image, in their order."""
+    kept = best(row.scores, top_k)
+    if kept is None:
+        return row
+    keypoints = None if row.keypoints is None else row.keypoints[kept]
+    return Candidates(row.boxes[kept], row.scores[kept], row.classes[kept], keypoints)
+
+
+def nms(candidates: Candidates, iou_threshold: float, class_agnostic: bool) -> np.ndarray:
     """Indices of the candidates NMS keeps, best score first.
 
     OpenCV's cv2.dnn.NMSBoxes / NMSBoxesBatched: candidates sorted by score (stable: equal
-    scores keep their order), the best `top_k` only (all when None), a box is dropped when
+    scores keep their order), a box is dropped when
     its IoU with a kept one (of its class, unless class-agnostic) is greater than
     `iou_threshold`; IoU of continuous boxes (no +1 pixel), as torchvision.ops.nms and
     Ultralytics' NMS (which offsets boxes per class as NMSBoxesBatched does). Scores of 0
@@ -145,11 +170,10 @@ def nms(
     # The decoder applied the confidence threshold; OpenCV's own (score > it) only drops 0s.
     floor = 0.0
     if class_agnostic:
-        kept = cv2.dnn.NMSBoxes(xywh, scores, floor, iou_threshold, top_k=top_k or 0)
+        kept = cv2.dnn.NMSBoxes(xywh, scores, floor, iou_threshold)
     else:
         kept = cv2.dnn.NMSBoxesBatched(
-            xywh, scores, candidates.classes.astype(np.int32), floor, iou_threshold,
-            top_k=top_k or 0,
+            xywh, scores, candidates.classes.astype(np.int32), floor, iou_threshold
         )
     return np.asarray(kept, np.int64).reshape(-1)
 
@@ -267,6 +291,8 @@ class Detection(Postprocess):
         return Planned(name, post=self, image=image, option=key)
 
     def options(self, parameters: Optional[Parameters]) -> Options:
+        """A confidence_threshold down to 0 is accepted, not refused: pre_nms_top_k bounds
+        its cost, and evaluation (mAP) needs the low-scoring candidates."""
         settings = self.settings
         values = {
             "confidence_threshold": (settings.confidence_threshold, float, 0.0, 1.0),
@@ -306,11 +332,12 @@ class Detection(Postprocess):
             if self.decoder.nms_done:
                 kept = np.argsort(-row.scores, kind="stable")
             elif self.settings.nms == "weighted":
-                row = weighted_nms(self._top_k(row), options.iou_threshold, options.max_detections)
+                row = top_candidates(row, self.settings.pre_nms_top_k)
+                row = weighted_nms(row, options.iou_threshold, options.max_detections)
                 kept = np.arange(len(row))
             else:
-                kept = nms(row, options.iou_threshold, self.settings.class_agnostic,
-                           self.settings.pre_nms_top_k)
+                row = top_candidates(row, self.settings.pre_nms_top_k)
+                kept = nms(row, options.iou_threshold, self.settings.class_agnostic)
             kept = kept[: options.max_detections]
             row = Candidates(
                 boxes=row.boxes[kept].reshape(-1, 4).astype(np.float32),
@@ -322,15 +349,6 @@ class Detection(Postprocess):
                 row = self._to_original(row, geometry[index])
             found.append(row)
         return found
-
-    def _top_k(self, row: Candidates) -> Candidates:
-        """The best `pre_nms_top_k` candidates (all without it)."""
-        top_k = self.settings.pre_nms_top_k
-        if top_k is None or len(row) <= top_k:
-            return row
-        best = np.argsort(-row.scores, kind="stable")[:top_k]
-        keypoints = None if row.keypoints is None else row.keypoints[best]
-        return Candidates(row.boxes[best], row.scores[best], row.classes[best], keypoints)
 
     def _to_original(self, row: Candidates, geometry: Geometry) -> Candidates:
         boxes = geometry.boxes_to_original(row.boxes)
