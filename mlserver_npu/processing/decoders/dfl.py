@@ -260,7 +260,10 @@ class DFLDecoder(Decoder):
                 values = as_float(values)
                 if logits:
                     values = sigmoid(values).astype(np.float32)
-                distances = self._distances(boxes[row][:, :, cell]) * stride  # [n, 4] l t r b
+                if len(cell) > cells:  # multi_label at a low threshold: a cell many times
+                    distances = self._distances(boxes[row])[cell] * stride
+                else:
+                    distances = self._distances(boxes[row][:, :, cell]) * stride  # [n, 4] l t r b
                 centres = grid[cell]
                 corners = np.concatenate(
                     [centres - distances[:, :2], centres + distances[:, 2:]], axis=1
