@@ -637,3 +637,48 @@ def test_end2end_paddle_multiclass_nms_rows_with_a_count():
     with pytest.raises(ConfigurationError) as error:
         create_decoder({"type": "end2end", "columns": ["box", "score"]}, outputs, (64, 64))
     assert "'class'" in str(error.value)
+
+
+# --- multi_label at threshold 0: a candidate per anchor (cell) and class ----------------
+# The decoders then compute each anchor's box once and repeat it; the reference below is
+# computed candidate by candidate.
+
+def test_yolov5_multi_label_at_threshold_0_gives_every_anchor_and_class():
+    rng = np.random.default_rng(7)
+    size, anchors, classes = (320, 320), 300, 6
+    head = np.zeros((1, anchors, 5 + classes), np.float32)
+    head[0, :, :2] = rng.uniform(0, 320, (anchors, 2))
+    head[0, :, 2:4] = rng.uniform(4, 100, (anchors, 2))
+    head[0, :, 4:] = rng.uniform(0.01, 1, (anchors, 1 + classes))
+    _, result = decoded({"type": "yolov5", "multi_label": True}, {"out": head}, size, batch=1,
+                        threshold=0.0)
+    expected = [
+        ([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], objectness * score, cls, [])
+        for cx, cy, w, h, objectness, *scores in head[0].astype(np.float64)
+        for cls, score in enumerate(scores)
+    ]
+    assert len(expected) == anchors * classes
+    assert_same(result[0], expected)
+
+
+def test_dfl_multi_label_at_threshold_0_gives_every_cell_and_class():
+    rng = np.random.default_rng(12)
+    size, classes, bins = (96, 64), 3, 8
+    heads, levels = {}, []
+    for index, stride in enumerate((8, 16, 32)):
+        cells = -(-96 // stride) * -(-64 // stride)
+        scores = rng.uniform(0.01, 1, (cells, classes)).astype(np.float32)
+        boxes = rng.normal(0, 2, (cells, 4 * bins)).astype(np.float32)
+        heads[f"transpose_{index}.tmp_0"] = scores[None]
+        heads[f"transpose_{index + 3}.tmp_0"] = boxes[None]
+        levels.append((stride, scores, boxes))
+    _, result = decoded({"type": "picodet", "multi_label": True}, heads, size, batch=1,
+                        threshold=0.0)
+    per_cell = dfl_reference(levels, size, -1.0, bins)  # one per cell, its box
+    scores = np.concatenate([level[1] for level in levels]).astype(np.float64)
+    expected = [
+        (box, scores[cell, cls], cls, [])
+        for cell, (box, _, _, _) in enumerate(per_cell)
+        for cls in range(classes)
+    ]
+    assert_same(result[0], expected)

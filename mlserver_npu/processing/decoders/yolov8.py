@@ -130,7 +130,10 @@ class YOLOv8Decoder(Decoder):
             if anchors.size == 0:
                 results.append(empty_candidates(self.settings.keypoints or None))
                 continue
-            boxes = to_corners(row[:4, anchors].T, self.settings.box_format)
+            if anchors.size > row.shape[1]:  # multi_label at a low threshold: anchors repeat
+                boxes = to_corners(row[:4].T, self.settings.box_format)[anchors]
+            else:
+                boxes = to_corners(row[:4, anchors].T, self.settings.box_format)
             scale = self._scale(row, input_size)
             if scale is not None:
                 boxes = boxes * scale
