@@ -7,12 +7,18 @@ The character dictionary follows PaddleOCR's CTCLabelDecode: class 0 is the blan
 under `character`, one character per line.
 """
 from pathlib import Path
-from typing import Callable, List, Literal, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from mlserver.errors import InferenceError
+from mlserver.types import MetadataTensor, ResponseOutput
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..backends import TensorSpec
 from ..errors import ConfigurationError
+from ..metrics import stage
+from ..tensors import encode_output
+from .postprocess import BuildContext, Planned, Postprocess, RequestContext
 
 
 class CTCSettings(BaseModel):
@@ -118,3 +124,65 @@ class CTCDecoder:
             if indices.size:
                 scores[row] = np.mean(confidence[row][keep[row]], dtype=np.float64)
         return texts, scores
+
+
+class CTC(Postprocess):
+    """`"type": "ctc"`: the text of every row of a recognizer's [N, T, C] probabilities."""
+
+    Settings = CTCSettings
+
+    def __init__(self, settings: CTCSettings, source: str, decoder: CTCDecoder):
+        self.settings = settings
+        self.decoder = decoder
+        self.sources = [source]
+        self.replaces = [source]
+
+    @classmethod
+    def build(
+        cls, settings: CTCSettings, outputs: Sequence[TensorSpec], context: BuildContext
+    ) -> "CTC":
+        names = [spec.name for spec in outputs]
+        if settings.output is not None and settings.output not in names:
+            raise ConfigurationError(
+                f"postprocess.output '{settings.output}' is not a model output; the model's "
+                f"outputs are: {', '.join(names)}"
+            )
+        if settings.output is None and len(outputs) != 1:
+            raise ConfigurationError(
+                f"cannot tell which output holds the CTC probabilities among "
+                f"{', '.join(names)}: set postprocess.output"
+            )
+        spec = outputs[names.index(settings.output)] if settings.output else outputs[0]
+        if len(spec.shape) != 3 or np.dtype(spec.dtype).kind != "f":
+            raise ConfigurationError(
+                f"ctc: output '{spec.name}' is {np.dtype(spec.dtype).name} {spec.v2_shape}, "
+                "expected floating-point [N, T, C] (rows, timesteps, classes)"
+            )
+        decoder = CTCDecoder.build(settings, spec.shape[2], context.metadata, context.resolve)
+        return cls(settings, spec.name, decoder)
+
+    def metadata(self) -> List[MetadataTensor]:
+        return [
+            MetadataTensor(name=self.settings.text_output, datatype="BYTES", shape=[-1]),
+            MetadataTensor(name=self.settings.score_output, datatype="FP32", shape=[-1]),
+        ]
+
+    def arrays(
+        self, results: Mapping[str, np.ndarray], request: RequestContext, options: Any = None
+    ) -> Dict[str, np.ndarray]:
+        try:
+            texts, scores = self.decoder.decode(results[self.sources[0]])
+        except ValueError as error:
+            raise InferenceError(f"output '{self.sources[0]}': {error}") from None
+        return {self.settings.text_output: texts, self.settings.score_output: scores}
+
+    def encode(
+        self, items: Sequence[Planned], results: Mapping[str, np.ndarray],
+        request: RequestContext, options: Any,
+    ) -> Dict[str, ResponseOutput]:
+        with stage("postprocess"):
+            arrays = self.arrays(results, request, options)
+        return {
+            item.name: encode_output(item.name, arrays[item.name], request.as_arrays)
+            for item in items
+        }

@@ -40,8 +40,11 @@ class TextDetectionSettings(BaseModel):
         10, ge=0, description="pixels of vertical offset within which boxes share a line"
     )
     max_texts: int = Field(
-        100, ge=1, description="boxes kept per image (K of the outputs), best-scored first"
+        100, ge=1, description="boxes kept per image (the best scored), at most"
     )
+    boxes_output: str = Field("text_boxes", description="FP32 [images, K, 4, 2] corners")
+    scores_output: str = Field("text_scores", description="FP32 [images, K] box scores")
+    count_output: str = Field("num_texts", description="INT32 [images] boxes per image")
 
 
 def order_corners(quad: np.ndarray) -> np.ndarray:
@@ -163,3 +166,125 @@ def pad_rows(rows: Sequence[np.ndarray], width: int, fill=0) -> np.ndarray:
     for index, row in enumerate(rows):
         out[index, : len(row)] = row
     return out
+
+
+def _map_shape(spec: TensorSpec) -> Optional[str]:
+    """Why `spec` is not a DB probability map ([N, 1, H, W] or [N, H, W]), or None."""
+    shape = list(spec.shape)
+    if np.dtype(spec.dtype).kind != "f":
+        return f"is {np.dtype(spec.dtype).name}, not floating point"
+    if len(shape) == 4 and shape[1] in (1, None) or len(shape) == 3:
+        return None
+    return f"has shape {spec.v2_shape}, expected [N, 1, H, W] or [N, H, W]"
+
+
+class TextDetection(Postprocess):
+    """`"type": "text_detection"`: text quadrilaterals in the pixels of the client's images."""
+
+    Settings = TextDetectionSettings
+
+    def __init__(self, settings: TextDetectionSettings, source: str):
+        self.settings = settings
+        self.sources = [source]
+        self.replaces = [source]
+
+    @classmethod
+    def build(
+        cls, settings: TextDetectionSettings, outputs: Sequence[TensorSpec], context: BuildContext
+    ) -> "TextDetection":
+        names = [spec.name for spec in outputs]
+        if settings.output is not None and settings.output not in names:
+            raise ConfigurationError(
+                f"postprocess.output '{settings.output}' is not a model output; the model's "
+                f"outputs are: {', '.join(names)}"
+            )
+        if settings.output is None and len(outputs) != 1:
+            raise ConfigurationError(
+                f"cannot tell which output is the probability map among {', '.join(names)}: "
+                "set postprocess.output"
+            )
+        spec = outputs[names.index(settings.output)] if settings.output else outputs[0]
+        problem = _map_shape(spec)
+        if problem:
+            raise ConfigurationError(
+                f"text_detection: output '{spec.name}' {problem} (a DB probability map)"
+            )
+        return cls(settings, spec.name)
+
+    def metadata(self) -> List[MetadataTensor]:
+        s = self.settings
+        return [
+            MetadataTensor(name=s.boxes_output, datatype="FP32", shape=[-1, -1, 4, 2]),
+            MetadataTensor(name=s.scores_output, datatype="FP32", shape=[-1, -1]),
+            MetadataTensor(name=s.count_output, datatype="INT32", shape=[-1]),
+        ]
+
+    def plan(self, name: str, request_output: Optional[RequestOutput]) -> Planned:
+        image = request_output is not None and content_type_of(request_output.parameters) == IMAGE
+        if image and name != self.settings.boxes_output:
+            raise InferenceError(
+                f"output {shorten(name)}: only '{self.settings.boxes_output}' can be drawn "
+                "(content_type image)"
+            )
+        return Planned(name, post=self, image=image)
+
+    def options(self, parameters: Optional[Parameters]) -> TextDetectionSettings:
+        updates = {}
+        for key, kind, low, high in (
+            ("box_threshold", float, 0, 1), ("max_texts", int, 1, 10_000)
+        ):
+            value = request_parameter(parameters, key)
+            if value is not None:
+                updates[key] = check_parameter(key, value, kind, low, high)
+        return self.settings.model_copy(update=updates) if updates else self.settings
+
+    def arrays(
+        self, results: Mapping[str, np.ndarray], request: RequestContext,
+        options: Optional[TextDetectionSettings] = None,
+    ) -> Dict[str, np.ndarray]:
+        """The boxes, scores and counts of every row, as arrays."""
+        settings = options or self.settings
+        maps = np.asarray(results[self.sources[0]])
+        maps = maps[:, 0] if maps.ndim == 4 else maps
+        quads, scores = [], []
+        for row, probability in enumerate(maps):
+            found, score = db_boxes(probability, settings)
+            geometry = request.geometry[row] if request.geometry else None
+            if geometry is not None:
+                height, width = probability.shape
+                ratio = np.float32([geometry.input_size[1] / width, geometry.input_size[0] / height])
+                found = geometry.to_original(found * ratio)
+                size = geometry.original[::-1]
+            else:
+                size = probability.shape[::-1]
+            found, score = finish_quads(found, score, size)
+            if len(found) > settings.max_texts:
+                best = np.sort(np.argsort(-score, kind="stable")[: settings.max_texts])
+                found, score = found[best], score[best]
+            order = reading_order(found, settings.line_tolerance)
+            quads.append(found[order])
+            scores.append(score[order])
+        count = np.array([len(q) for q in quads], np.int32)
+        width = int(count.max(initial=0))
+        return {
+            settings.boxes_output: pad_rows(quads, width) if quads else np.zeros((0, 0, 4, 2), np.float32),
+            settings.scores_output: pad_rows(scores, width) if scores else np.zeros((0, 0), np.float32),
+            settings.count_output: count,
+        }
+
+    def encode(
+        self, items: Sequence[Planned], results: Mapping[str, np.ndarray],
+        request: RequestContext, options: Any,
+    ) -> Dict[str, ResponseOutput]:
+        with stage("postprocess"):
+            arrays = self.arrays(results, request, options)
+        encoded = {}
+        for item in items:
+            if item.image:
+                encoded[item.name] = draw_output(
+                    item.name, request.images, arrays[self.settings.boxes_output],
+                    arrays[self.settings.count_output],
+                )
+            else:
+                encoded[item.name] = encode_output(item.name, arrays[item.name], request.as_arrays)
+        return encoded

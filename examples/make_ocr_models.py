@@ -1,0 +1,200 @@
+"""Write the OCR example under ``model-repository/``: PaddleOCR's PP-OCRv4 text detector, text
+recognizer and the PP-OCR text direction classifier, and a pipeline that reads an image.
+
+Run as ``python examples/make_ocr_models.py``. The three ONNX models are taken, unchanged, from
+the wheel of ``rapidocr-onnxruntime==1.4.4`` (PyPI; ``pip download --no-deps``, checked against
+its sha256 below). They are PaddleOCR's models (https://github.com/PaddlePaddle/PaddleOCR)
+converted to ONNX by RapidOCR (https://github.com/RapidAI/RapidOCR); both projects, and the
+wheel, are under the Apache License 2.0, which allows redistribution: the models are committed
+so that ``mlserver start model-repository`` serves them offline.
+
+* ``ocr-det``: ``ch_PP-OCRv4_det_infer.onnx``, an image in, text quadrilaterals out
+  (``text_detection`` postprocess).
+* ``ocr-rec``: ``ch_PP-OCRv4_rec_infer.onnx``, a text line image in, its text out (``ctc``
+  postprocess; the 6623-character dictionary is in the model's own metadata).
+* ``ocr-cls``: ``ch_ppocr_mobile_v2.0_cls_infer.onnx``, a text line in, ``0`` or ``180``
+  (degrees) out.
+* ``ocr``: the pipeline: detect, crop every line, orient, recognize, in one request.
+
+It also renders ``examples/images/ocr-page.png`` (ten lines of text in DejaVu fonts, which
+matplotlib's wheel ships). Running it twice gives identical files.
+"""
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = ROOT / "model-repository"
+IMAGES = ROOT / "examples" / "images"
+WHEEL = "rapidocr-onnxruntime==1.4.4"
+WHEEL_SHA256 = "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf"
+MODELS = {
+    "ocr-det": "ch_PP-OCRv4_det_infer.onnx",
+    "ocr-rec": "ch_PP-OCRv4_rec_infer.onnx",
+    "ocr-cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+}
+FONTS = Path(__import__("matplotlib").__file__).parent / "mpl-data" / "fonts" / "ttf"
+
+# PaddleOCR's preprocessing as rapidocr-onnxruntime runs it: BGR, OpenCV's bilinear resize,
+# (value / 255 - 0.5) / 0.5.
+NORMALIZE = [
+    {"op": "scale", "divisor": 255},
+    {"op": "normalize", "mean": 0.5, "std": 0.5},
+]
+THREADS = {"intra_op_threads": 1}
+
+SETTINGS = {
+    "ocr-det": {
+        "options": THREADS,
+        # the shorter side up to 736 (never down), both sides to a multiple of 32
+        "preprocess": [
+            {"op": "convert", "mode": "RGB", "channels": "BGR"},
+            {"op": "resize", "shorter_side": 736, "multiple_of": 32, "enlarge_only": True,
+             "resample": "cv2_linear"},
+            *NORMALIZE,
+        ],
+        "postprocess": {"type": "text_detection"},
+    },
+    "ocr-rec": {
+        "options": THREADS,
+        # a text line image alone: 48 pixels high, its width following
+        "preprocess": [
+            {"op": "convert", "mode": "RGB", "channels": "BGR"},
+            {"op": "resize", "height": 48, "resample": "cv2_linear"},
+            *NORMALIZE,
+        ],
+        "postprocess": {"type": "ctc"},
+    },
+    "ocr-cls": {
+        "options": THREADS,
+        "preprocess": [
+            {"op": "convert", "mode": "RGB", "channels": "BGR"},
+            {"op": "resize", "size": [48, 192], "resample": "cv2_linear"},
+            *NORMALIZE,
+        ],
+        "postprocess": {"type": "classification", "top_k": 2, "labels": "labels.txt"},
+    },
+}
+
+PIPELINE = {
+    "steps": [
+        {"name": "detect", "model": "../ocr-det", "inputs": {"x": "inputs.image"}},
+        {"name": "orient", "model": "../ocr-cls",
+         "regions": {"image": "inputs.image", "boxes": "detect.outputs.text_boxes",
+                     "count": "detect.outputs.num_texts", "height": 48, "width": 192}},
+        {"name": "recognize", "model": "../ocr-rec",
+         "regions": {"image": "inputs.image", "boxes": "detect.outputs.text_boxes",
+                     "count": "detect.outputs.num_texts", "height": 48, "min_width": 320,
+                     "rotate": {"scores": "orient.outputs.save_infer_model/scale_0.tmp_1",
+                                "class": 1, "threshold": 0.9},
+                     "min_score": {"text_scores": 0.5}}},
+    ],
+    "outputs": {
+        "text": "recognize.outputs.text",
+        "text_scores": "recognize.outputs.text_scores",
+        "text_boxes": "recognize.outputs.text_boxes",
+        "num_texts": "recognize.outputs.num_texts",
+        "full_text": "recognize.outputs.full_text",
+    },
+}
+
+PAGE = [
+    ("Quarterly report, third edition", "DejaVuSerif-Bold.ttf", 34),
+    ("Prepared for the board on 14 March 2026", "DejaVuSans.ttf", 24),
+    ("Revenue grew 12% to 4.8 million euros", "DejaVuSans.ttf", 24),
+    ("Operating costs fell by 310,000 euros", "DejaVuSerif.ttf", 24),
+    ("New offices opened in Porto and Lyon", "DejaVuSans.ttf", 24),
+    ("Headcount: 128 people in 6 countries", "DejaVuSansMono.ttf", 22),
+    ("Customer satisfaction reached 91 points", "DejaVuSerif.ttf", 24),
+    ("Next review is planned for June", "DejaVuSans-Bold.ttf", 24),
+    ("Questions: finance@example.com", "DejaVuSansMono.ttf", 22),
+    ("Page 1 of 12", "DejaVuSans.ttf", 20),
+]
+
+
+def fetch_models(work: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", str(work)],
+        check=True,
+    )
+    wheel = next(work.glob("rapidocr_onnxruntime-1.4.4-*.whl"))
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != WHEEL_SHA256:
+        raise SystemExit(f"{wheel.name}: sha256 {digest}, expected {WHEEL_SHA256}")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(work / "wheel")
+    return work / "wheel" / "rapidocr_onnxruntime" / "models"
+
+
+def write_settings(folder: Path, name: str, implementation: str, extra: dict, uri=None) -> None:
+    parameters = {"version": "1", "extra": extra}
+    if uri:
+        parameters = {"uri": uri, **parameters}
+    settings = {"name": name, "implementation": implementation, "parameters": parameters}
+    (folder / "model-settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+README = """# {name}
+
+{what}
+
+The ONNX model is `{file}` from the wheel of `rapidocr-onnxruntime==1.4.4` (PyPI), unchanged
+(sha256 `{sha}`): PaddleOCR's model (https://github.com/PaddlePaddle/PaddleOCR) converted to
+ONNX by RapidOCR (https://github.com/RapidAI/RapidOCR). Licence: Apache License 2.0 (PaddleOCR,
+RapidOCR and the wheel). Written by `python examples/make_ocr_models.py`; see docs/ocr.md.
+"""
+WHAT = {
+    "ocr-det": "PP-OCRv4 text detector (DB): an image in, text quadrilaterals out "
+    "(`text_boxes`, `text_scores`, `num_texts`).",
+    "ocr-rec": "PP-OCRv4 text recognizer (CTC, 6623 characters: Chinese, Latin, digits, "
+    "punctuation): a text line image in, `text` and `text_scores` out.",
+    "ocr-cls": "PP-OCR text direction classifier: a text line in, `0` or `180` (degrees) out.",
+}
+
+
+def page() -> Image.Image:
+    image = Image.new("RGB", (760, 560), (250, 249, 245))
+    draw = ImageDraw.Draw(image)
+    y = 28
+    for text, font, size in PAGE:
+        draw.text((40, y), text, font=ImageFont.truetype(str(FONTS / font), size),
+                  fill=(25, 25, 35))
+        y += int(size * 2.05)
+    return image
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as work:
+        models = fetch_models(Path(work))
+        for name, file in MODELS.items():
+            folder = REPO / name
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(models / file, folder / "model.onnx")
+            sha = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+            write_settings(folder, name, "mlserver_npu.NPURuntime", SETTINGS[name], "./model.onnx")
+            (folder / "README.md").write_text(
+                README.format(name=name, what=WHAT[name], file=file, sha=sha)
+            )
+    (REPO / "ocr-cls" / "labels.txt").write_text("0\n180\n")
+    pipeline = REPO / "ocr"
+    pipeline.mkdir(exist_ok=True)
+    write_settings(pipeline, "ocr", "mlserver_npu.Pipeline", PIPELINE)
+    (pipeline / "README.md").write_text(
+        "# ocr\n\nReads the text of an image in one request: `detect` (../ocr-det) finds the "
+        "text lines, `orient` (../ocr-cls) tells upside-down lines, `recognize` (../ocr-rec) "
+        "reads every line of every image of the request as one batch. See docs/ocr.md.\n"
+        "Models: PaddleOCR PP-OCRv4 via rapidocr-onnxruntime 1.4.4, Apache License 2.0.\n"
+    )
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page().save(IMAGES / "ocr-page.png", optimize=True)
+
+
+if __name__ == "__main__":
+    main()
