@@ -54,14 +54,16 @@ def crop(image: np.ndarray, quad: np.ndarray, upright_ratio: Optional[float] = 1
 
 
 def batch_width(
-    regions: Sequence[np.ndarray], height: int, width: Optional[int], min_width: int
+    regions: Sequence[np.ndarray], height: int, width: Optional[int], min_width: int,
+    multiple: int = 1,
 ) -> int:
     """The width every region is padded to: `width` when fixed, else the widest region at
-    `height` (at least `min_width`), as PaddleOCR's `int(height * max_wh_ratio)`."""
+    `height` (at least `min_width`), as PaddleOCR's `int(height * max_wh_ratio)`, rounded up
+    to a multiple of `multiple` (so that batches of other requests can share the width)."""
     if width is not None:
         return width
     ratio = max([min_width / height] + [r.shape[1] / r.shape[0] for r in regions])
-    return int(height * ratio)
+    return -(-int(height * ratio) // multiple) * multiple
 
 
 def resized(region: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -101,10 +103,11 @@ def feed(
     width: Optional[int],
     min_width: int,
     normalize: Callable[[np.ndarray], np.ndarray],
+    multiple: int = 1,
 ) -> np.ndarray:
     """The regions as one [N, height, W, C] float32 batch: each resized keeping its aspect
     ratio, `normalize`d ([1, h, w, C] float32 -> same), then padded with zeros to W."""
-    target = batch_width(regions, height, width, min_width)
+    target = batch_width(regions, height, width, min_width, multiple)
     batch = []
     for region in regions:
         array = resized(region, height, target)
@@ -166,6 +169,10 @@ class RegionsSettings(BaseModel):
         "else the widest region"
     )
     min_width: PositiveInt = Field(1, description="least batch width when it follows the regions")
+    width_multiple: PositiveInt = Field(
+        1, description="a batch width that follows the regions is rounded up to a multiple of "
+        "this, so that the plugin's batcher can merge the regions of concurrent requests"
+    )
     upright_ratio: Optional[float] = Field(
         1.5, gt=0, description="turn regions at least this much taller than wide (null: never)"
     )
