@@ -14,9 +14,9 @@ from pydantic import (
 
 from .backends import TensorSpec
 from .errors import ConfigurationError
-from .processing.classification import ClassificationSettings
 from .processing.regions import RegionsSettings
 from .references import Ref, Reference
+from .settings import PostprocessSettings
 from .settings import describe_validation_error
 from .tensors import describe
 
@@ -74,7 +74,7 @@ class PipelineSettings(BaseModel):
 
     steps: List[Step] = Field(min_length=1)
     outputs: Dict[str, Ref] = Field(min_length=1, description="pipeline output -> reference")
-    postprocess: Optional[ClassificationSettings] = None
+    postprocess: Optional[PostprocessSettings] = None  # type: ignore[valid-type]
 
 
 def settings_error(error: ValidationError, extra: Any) -> str:
@@ -91,7 +91,7 @@ def settings_error(error: ValidationError, extra: Any) -> str:
         items.append({**item, "loc": tuple(loc)})
     cleaned = ValidationError.from_exception_data(error.title, items)
     lead = ", ".join(dict.fromkeys(steps))
-    described = describe_validation_error(cleaned, "parameters.extra", PipelineSettings)
+    described = describe_validation_error(cleaned, "parameters.extra", PipelineSettings, extra)
     return f"{lead}: {described}" if lead else described
 
 

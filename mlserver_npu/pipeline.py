@@ -28,12 +28,12 @@ from .drain import Drain
 from .errors import ConfigurationError, ModelLoadError
 from .graph import Graph, ModelStep, PipelineSettings, settings_error
 from .metrics import StepMetrics, stage
-from .processing.classification import Classifier
-from .processing.inputs import InputDecoder
+from .processing.inputs import Decoded, InputDecoder
 from .processing.outputs import OutputEncoder
+from .processing.postprocess import BuildContext, build_all
 from .repository import is_npu_runtime
 from .served import ServedModel
-from .stages import ModelStages
+from .stages import ModelStages, metadata_size, request_context, resolve_path
 from .tensors import describe, match_inputs
 
 logger = logging.getLogger("mlserver.npu")
@@ -125,15 +125,28 @@ class Pipeline(ServedModel):
             TensorSpec(name, specs[ref.step][ref.name].dtype, specs[ref.step][ref.name].shape)
             for name, ref in config.outputs.items()
         ]
-        classifier = None
-        if config.postprocess is not None:
-            classifier = Classifier.build(
-                config.postprocess,
-                outputs,
-                lambda path: Path(to_absolute_path(self.settings, path)),
-            )
         tiled = any(decoder.tiled for decoder in self._decoders.values())
-        self._encoder = OutputEncoder(outputs, classifier, self.settings.outputs, tiled)
+        # The geometry of the first step that takes images is the one results map back to.
+        self._image_step = next(
+            (step.name for step in steps if self._decoders[step.name].image_input
+             and self._decoders[step.name].image_input in self._fed[step.name]),
+            None,
+        )
+        first = next(iter(config.outputs.values()))
+        source = self._steps.get(first.step)
+        image_decoder = self._decoders[self._image_step] if self._image_step else None
+        image_input = image_decoder.image_input if image_decoder else None
+        metadata = source.model_metadata if source is not None else {}
+        context = BuildContext(
+            resolve=lambda path: resolve_path(self.settings, path),
+            metadata=metadata,
+            input_size=(image_decoder.input_size(image_input) if image_decoder else None)
+            or metadata_size(metadata),
+            image_input=image_input,
+            tiled=tiled,
+        )
+        postprocesses = build_all(config.postprocess, outputs, context)
+        self._encoder = OutputEncoder(outputs, postprocesses, self.settings.outputs, tiled)
         if not self.settings.inputs:
             self.inputs = list(inputs.values())
         if not self.settings.outputs:
@@ -147,8 +160,9 @@ class Pipeline(ServedModel):
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
         request = match_inputs(payload.inputs, list(self._inputs.values()), "pipeline")
         with stage("decode"):
-            plan = self._encoder.plan(payload.outputs)
+            plan = self._encoder.plan(payload.outputs, payload.parameters)
         tiles: List[List[int]] = []
+        images: Dict[str, Decoded] = {}
 
         async def run_model(
             step: ModelStep, arrays: Dict[str, np.ndarray]
@@ -160,20 +174,24 @@ class Pipeline(ServedModel):
             ]
             try:
                 with stage("decode"):
-                    feeds, counts = await self._decoders[step.name].decode(taken)
-                results = await self._steps[step.name].run({**feeds, **arrays})
+                    decoded = await self._decoders[step.name].decode(taken)
+                results = await self._steps[step.name].run({**decoded.feeds, **arrays})
             except InferenceError as error:
                 raise InferenceError(f"step '{step.name}': {error}") from None
-            if counts is not None:
-                tiles.append(counts)
+            if decoded.tiles is not None:
+                tiles.append(decoded.tiles)
+            if step.name == self._image_step:
+                images["decoded"] = decoded
             self._step_metrics.step(step.name, time.perf_counter() - start)
             return results
 
         results = await self._graph.run(run_model)
         with stage("encode"):
-            outputs = self._encoder.encode(
-                plan, results, tiles[0] if tiles else None, wire.carries_arrays(payload)
-            )
+            decoded = images.get("decoded") or Decoded({})
+            image_input = self._decoders[self._image_step].image_input if self._image_step else None
+            context = request_context(decoded, image_input, wire.carries_arrays(payload))
+            context.tiles = tiles[0] if tiles else None
+            outputs = self._encoder.encode(plan, results, context)
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
 
     def describe_steps(self) -> List[Dict[str, Any]]:

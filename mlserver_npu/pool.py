@@ -143,15 +143,26 @@ class SessionPool:
             self.in_flight[index] -= 1
             sessions.finished(index)
 
-    async def warm_up(self) -> None:
+    async def warm_up(self, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> None:
         """One batch of zeros on every session (outside the metrics), so that first-run costs
         (allocation, compilation, delegate set-up) are paid at load, and a broken session
-        fails the load rather than a request."""
+        fails the load rather than a request. `shapes`: the feed shape of inputs with
+        dynamic dimensions (default: 1 for each dynamic dimension)."""
         feeds = {
-            spec.name: np.zeros([1 if dim is None else dim for dim in spec.shape], spec.dtype)
+            spec.name: np.zeros(self.warm_up_shape(spec, shapes), spec.dtype)
             for spec in self.sessions[0].inputs
         }
         await asyncio.gather(*(session.run(feeds) for session in self.sessions))
+
+    @staticmethod
+    def warm_up_shape(
+        spec: TensorSpec, shapes: Optional[Mapping[str, Sequence[int]]] = None
+    ) -> List[int]:
+        """The warm-up feed shape of input `spec`: `shapes`' where the model's is dynamic."""
+        wanted = list((shapes or {}).get(spec.name) or ())
+        if len(wanted) != len(spec.shape):
+            wanted = [1] * len(spec.shape)
+        return [want if dim is None else dim for dim, want in zip(spec.shape, wanted)]
 
     async def close(self) -> None:
         """Once the runs in flight are done; a run after this is a 503."""

@@ -47,7 +47,7 @@ class NPURuntime(ServedModel):
             raise ModelUnloaded(self.name)
         with self._metrics.serving():
             outputs = await stages.infer(
-                payload.inputs, payload.outputs, wire.carries_arrays(payload)
+                payload.inputs, payload.outputs, wire.carries_arrays(payload), payload.parameters
             )
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
 

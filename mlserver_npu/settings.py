@@ -10,12 +10,16 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Type
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel, ByteSize, ConfigDict, Field, PositiveInt, ValidationError, field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .batcher import BatchingSettings
-from .processing.classification import ClassificationSettings
+from .processing.postprocess import error_location, settings_type
 from .processing.preprocess import PreprocessOps
+
+PostprocessSettings = settings_type()
 
 Backend = Literal["onnxruntime", "tflite", "furiosa", "openvino"]
 
@@ -63,7 +67,13 @@ class NPUSettings(BaseModel):
     preprocess: Optional[PreprocessOps] = Field(
         None, description="Image preprocessing: a preset name or a list of ops."
     )
-    postprocess: Optional[ClassificationSettings] = None
+    postprocess: Optional[PostprocessSettings] = Field(  # type: ignore[valid-type]
+        None, description="Postprocessing: one {\"type\": ...} object or a list of them."
+    )
+    warmup_shapes: Dict[str, List[PositiveInt]] = Field(
+        default_factory=dict,
+        description="Warm-up feed shapes of inputs with dynamic dimensions, by input name.",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -117,12 +127,19 @@ class NPUSettings(BaseModel):
 
 
 def describe_validation_error(
-    error: ValidationError, prefix: str, model: Optional[Type[BaseModel]] = None
+    error: ValidationError, prefix: str, model: Optional[Type[BaseModel]] = None,
+    raw: Any = None,
 ) -> str:
-    """One clause per problem, naming the key as the user wrote it (`parameters.extra.X`)."""
+    """One clause per problem, naming the key as the user wrote it (`parameters.extra.X`);
+    `raw`: the value validated (`parameters.extra`), to tell one postprocess from a list."""
     problems = []
     for item in error.errors():
-        where = ".".join(str(part) for part in (prefix, *item["loc"]))
+        loc = item["loc"]
+        if loc and loc[0] == "postprocess":
+            loc = error_location(loc, raw.get("postprocess") if isinstance(raw, dict) else None)
+            if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, "type")
+        where = ".".join(str(part) for part in (prefix, *loc))
         if item["type"] == "extra_forbidden":
             top_level = model is not None and len(item["loc"]) == 1
             known = f" (known keys: {', '.join(model.model_fields)})" if top_level else ""

@@ -1,9 +1,10 @@
 """One model folder's stages, built from its model-settings: the input decoder (codecs and
 preprocessing), the session pool on the devices, and the output encoder (postprocessing and
 codecs). NPURuntime serves one; a Pipeline runs several in one request."""
+import ast
 import asyncio
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from mlserver.errors import InferenceError
@@ -12,15 +13,15 @@ from mlserver.types import Parameters, RequestInput, RequestOutput, ResponseOutp
 from mlserver.utils import to_absolute_path
 from pydantic import ValidationError
 
-from .backends import BackendError, InvalidInput, get_backend, session_details
+from .backends import BackendError, InvalidInput, get_backend, model_metadata, session_details
 from .batcher import Batcher
 from .drain import Drain
-from .errors import ConfigurationError, ModelLoadError
+from .errors import ConfigurationError, ModelLoadError, shorten
 from .metrics import stage
 from .pool import SessionPool
-from .processing.classification import Classifier
-from .processing.inputs import InputDecoder
+from .processing.inputs import Decoded, InputDecoder
 from .processing.outputs import OutputEncoder
+from .processing.postprocess import BuildContext, RequestContext, build_all
 from .settings import NPUEnvironment, NPUSettings, describe_validation_error
 from .sources import ModelSource, SourceError, resolve_model
 
@@ -32,8 +33,43 @@ def parse_extra(settings: ModelSettings, model: type, name: str):
         return model.model_validate(extra)
     except ValidationError as error:
         raise ModelLoadError(
-            name, describe_validation_error(error, "parameters.extra", model)
+            name, describe_validation_error(error, "parameters.extra", model, extra)
         ) from None
+
+
+def resolve_path(settings: ModelSettings, path: str) -> Path:
+    """A file that a model's settings name (labels, palettes): relative to the folder of its
+    model-settings.json. The one place such paths are resolved."""
+    return Path(to_absolute_path(settings, path))
+
+
+def metadata_size(metadata: Mapping[str, str]) -> Optional[Tuple[int, int]]:
+    """(height, width) from a model's own metadata `imgsz` (Ultralytics: "[640, 640]" or
+    "640"), when it has one."""
+    try:
+        value = ast.literal_eval(metadata.get("imgsz", ""))
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(value, int):
+        value = [value, value]
+    if (
+        isinstance(value, (list, tuple)) and len(value) == 2
+        and all(isinstance(v, int) and v > 0 for v in value)
+    ):
+        return value[0], value[1]
+    return None
+
+
+def request_context(
+    decoded: Decoded, image_input: Optional[str], as_arrays: bool = False
+) -> RequestContext:
+    """The RequestContext of one request whose images fed `image_input`."""
+    return RequestContext(
+        geometry=decoded.geometry.get(image_input) if image_input else None,
+        images=decoded.images.get(image_input) if image_input else None,
+        tiles=decoded.tiles,
+        as_arrays=as_arrays,
+    )
 
 
 class ModelStages:
@@ -56,6 +92,7 @@ class ModelStages:
         self.sha256 = sha256
         self.inputs: InputDecoder
         self.outputs: OutputEncoder
+        self.model_metadata: Dict[str, str] = {}
         self.batcher: Optional[Batcher] = None
         self._requests = Drain(settings.name)
 
@@ -71,11 +108,13 @@ class ModelStages:
             async with resolve_model(settings, config.sha256) as source:
                 stages = await cls._open_pool(settings, config, source, label or name, version)
                 try:
+                    stages.model_metadata = model_metadata(stages.pool.sessions, source.path)
                     stages.inputs = stages.input_decoder([spec.name for spec in stages.pool.inputs])
+                    await stages._warm_up()
                     stages.outputs = stages._output_encoder()
                     if config.batching is not None:
                         stages.batcher = Batcher(stages.pool, config.batching, settings)
-                except ConfigurationError:
+                except BaseException:
                     await stages.close()
                     raise
         except (BackendError, SourceError, ConfigurationError) as error:
@@ -92,17 +131,61 @@ class ModelStages:
             declared=self.settings.inputs,
         )
 
-    def _output_encoder(self) -> OutputEncoder:
-        classifier = None
-        if self.config.postprocess is not None:
-            classifier = Classifier.build(
-                self.config.postprocess,
-                self.pool.outputs,
-                lambda path: Path(to_absolute_path(self.settings, path)),
-            )
-        return OutputEncoder(
-            self.pool.outputs, classifier, self.settings.outputs, self.inputs.tiled
+    def build_context(self, image_input: Optional[str] = None) -> BuildContext:
+        """What this model's postprocessing may use at load (see BuildContext)."""
+        image_input = image_input or self.inputs.image_input
+        size = self.inputs.input_size(image_input) if image_input else None
+        return BuildContext(
+            resolve=lambda path: resolve_path(self.settings, path),
+            metadata=self.model_metadata,
+            input_size=size or metadata_size(self.model_metadata),
+            image_input=image_input,
+            tiled=self.inputs.tiled,
         )
+
+    def _output_encoder(self) -> OutputEncoder:
+        postprocesses = build_all(self.config.postprocess, self.pool.outputs, self.build_context())
+        return OutputEncoder(
+            self.pool.outputs, postprocesses, self.settings.outputs, self.inputs.tiled
+        )
+
+    async def _warm_up(self) -> None:
+        """Warm up with feeds the model accepts: a dynamic height and width takes the size
+        the preprocessing gives, else the model metadata's `imgsz`; `warmup_shapes` wins."""
+        shapes: Dict[str, List[int]] = {}
+        unsure = []
+        for spec in self.pool.sessions[0].inputs:
+            if None not in spec.shape[1:]:
+                continue
+            shape = self.config.warmup_shapes.get(spec.name) or self.inputs.warm_up_shape(
+                spec.name, metadata_size(self.model_metadata)
+            )
+            if shape is None:
+                unsure.append(spec)
+            else:
+                shapes[spec.name] = list(shape)
+        try:
+            await self.pool.warm_up(shapes)
+        except (BackendError, ModelLoadError):
+            raise
+        except Exception as error:
+            fed = ", ".join(
+                f"'{spec.name}' {self.pool.warm_up_shape(spec, shapes)}"
+                for spec in self.pool.sessions[0].inputs
+            )
+            hint = ""
+            if unsure:
+                example = {s.name: self.pool.warm_up_shape(s, shapes) for s in unsure}
+                hint = (
+                    "; the dynamic dimensions of "
+                    + ", ".join(f"'{s.name}' {s.v2_shape}" for s in unsure)
+                    + " were fed as 1: set parameters.extra.warmup_shapes to shapes the model "
+                    f"accepts (e.g. {example} with real sizes), or a preprocess that fixes the "
+                    "image size"
+                )
+            raise BackendError(
+                f"warm-up inference failed (fed {fed}): {error}{hint}"
+            ) from error
 
     @classmethod
     async def _open_pool(
@@ -139,16 +222,10 @@ class ModelStages:
         sessions = [s for s in opened if not isinstance(s, BaseException)]
         failures = [s for s in opened if isinstance(s, BaseException)]
         pool = SessionPool(sessions, name, version) if sessions else None
-        try:
-            if failures:
-                raise failures[0]
-            await pool.warm_up()
-        except Exception as error:
+        if failures:
             if pool:
                 await pool.close()
-            if isinstance(error, (BackendError, ModelLoadError)):
-                raise
-            raise BackendError(f"warm-up inference failed: {error}") from error
+            raise failures[0]
         return cls(settings, config, pool, backend_name, source.path, source.sha256)
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -163,15 +240,21 @@ class ModelStages:
         request_inputs: Sequence[RequestInput],
         request_outputs: Optional[Sequence[RequestOutput]],
         as_arrays: bool = False,
+        parameters: Optional[Parameters] = None,
     ) -> List[ResponseOutput]:
-        """`as_arrays`: numeric outputs stay arrays (see tensors.encode_output)."""
+        """`as_arrays`: numeric outputs stay arrays (see tensors.encode_output); `parameters`:
+        the request's (per-request postprocess overrides)."""
         with self._requests.running():
             with stage("decode"):
-                feeds, tiles = await self.inputs.decode(request_inputs)
-                plan = self.outputs.plan(request_outputs)
-            results = await self.run(feeds)
+                decoded = await self.inputs.decode(request_inputs)
+                plan = self.outputs.plan(request_outputs, parameters)
+            results = await self.run(decoded.feeds)
             with stage("encode"):
-                return self.outputs.encode(plan, results, tiles, as_arrays)
+                return self.outputs.encode(plan, results, self.request_context(decoded, as_arrays))
+
+    def request_context(self, decoded: Decoded, as_arrays: bool = False) -> RequestContext:
+        """What the postprocessing of one request gets to know of its images."""
+        return request_context(decoded, self.inputs.image_input, as_arrays)
 
     def describe(self, parameters: Parameters) -> Parameters:
         """Where the model runs, for its metadata's `parameters`."""

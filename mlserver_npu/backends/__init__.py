@@ -2,7 +2,9 @@
 optional runtime (LiteRT, FuriosaAI, OpenVINO) fails only the models that need it."""
 import importlib
 
-from .base import Backend, BackendError, InvalidInput, Session, TensorSpec, session_details
+from .base import (
+    Backend, BackendError, InvalidInput, Session, TensorSpec, model_metadata, session_details,
+)
 
 # backend name -> (module, class)
 BACKENDS = {
@@ -32,5 +34,6 @@ __all__ = [
     "Session",
     "TensorSpec",
     "get_backend",
+    "model_metadata",
     "session_details",
 ]

@@ -3,6 +3,8 @@
 A backend turns (model file, device, options) into one `Session`; the pool holds many of them
 and the runtime never sees which backend it is talking to.
 """
+import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
@@ -72,6 +74,7 @@ class Session(Protocol):
     pool fills and splits. `warnings` says what the user should know about how the session was
     opened (e.g. a fallback to CPU); the runtime shows them in the model's metadata, and so
     the optional `details` (e.g. {"execution_devices": "CPU", "loaded_from_cache": True}).
+    The optional `metadata` is the model file's own key -> value map (ONNX custom metadata).
     """
 
     device: str
@@ -111,3 +114,20 @@ def session_details(sessions: Sequence[Session]) -> Dict[str, Any]:
         key: found[0] if len(found) == 1 else ",".join(map(str, found))
         for key, found in values.items()
     }
+
+
+def model_metadata(sessions: Sequence[Session], model_path: Path) -> Dict[str, str]:
+    """The model file's own metadata: what its sessions read (onnxruntime's custom metadata
+    map), else the `metadata.json` that Ultralytics appends to a .tflite file as a zip."""
+    found = getattr(sessions[0], "metadata", None) if sessions else None
+    if found:
+        return {str(key): str(value) for key, value in found.items()}
+    if model_path.suffix.lower() == ".tflite" and zipfile.is_zipfile(model_path):
+        try:
+            with zipfile.ZipFile(model_path) as archive:
+                data = json.loads(archive.read("metadata.json"))
+        except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+            return {}
+        if isinstance(data, dict):
+            return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    return {}

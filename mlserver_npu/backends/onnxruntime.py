@@ -183,6 +183,7 @@ class OnnxRuntimeSession:
         self.details = details or {}
         self.inputs = _specs(session.get_inputs())
         self.outputs = _specs(session.get_outputs())
+        self.metadata: Dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self._output_names = [spec.name for spec in self.outputs]
         self._seconds_per_row = math.inf  # the latest run's; unknown until the first run
 

@@ -22,6 +22,7 @@ from ..errors import shorten
 from ..tensors import flatten
 
 CONTENT_TYPE = "image"
+ORIGINAL_SIZE = "mlserver_npu.original_size"  # key in a decoded image's `info`
 
 # (width, height) of the upright image -> the smallest (width, height) the preprocessing
 # needs, or None when it needs the full resolution.
@@ -109,8 +110,8 @@ def open_image(data: bytes, max_pixels: int, draft_size: Optional[DraftSize] = N
             f"{len(data)} bytes of PNG data cannot hold the {width}x{height} pixels its header "
             "claims"
         )
+    transposed = image.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED
     if draft_size is not None and image.format == "JPEG":
-        transposed = image.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED
         wanted = draft_size((height, width) if transposed else (width, height))
         if wanted is not None:
             image.draft(None, wanted[::-1] if transposed else wanted)
@@ -119,7 +120,14 @@ def open_image(data: bytes, max_pixels: int, draft_size: Optional[DraftSize] = N
     except Exception as error:  # truncated or corrupt pixel data
         raise ImageError(f"cannot decode the {image.format} data ({error})") from None
     ImageOps.exif_transpose(image, in_place=True)
+    # The upright size the client sent, which a draft decode does not keep (geometry.py).
+    image.info[ORIGINAL_SIZE] = (height, width) if transposed else (width, height)
     return image
+
+
+def original_size(image: Image.Image) -> Tuple[int, int]:
+    """(width, height) of the upright image as the client sent it, before a draft decode."""
+    return image.info.get(ORIGINAL_SIZE, image.size)
 
 
 def decode_images(

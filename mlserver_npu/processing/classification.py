@@ -8,13 +8,17 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Literal, Optional, Sequence
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence
 
 import numpy as np
+from mlserver.errors import InferenceError
+from mlserver.types import MetadataTensor, RequestOutput, ResponseOutput
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..backends import TensorSpec
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, shorten
+from ..tensors import encode_output
+from .postprocess import BuildContext, Planned, Postprocess, RequestContext, per_image
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -166,3 +170,95 @@ class Classifier:
         return cls(
             source.name, name, config.top_k, labels, config.softmax, classes, config.join
         )
+
+
+def class_count(request_output: Optional[RequestOutput]) -> Optional[int]:
+    """Triton's classification extension: `parameters.classification` = K, 0 = raw scores."""
+    if request_output is None:
+        return None
+    value = getattr(request_output.parameters, "classification", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InferenceError(
+            f"output {shorten(request_output.name)}: parameters.classification must be a "
+            f"non-negative integer (the number of classes), got {shorten(value)}"
+        )
+    return value
+
+
+class Classification(Postprocess):
+    """`"type": "classification"`: the top K classes of a scores output as strings."""
+
+    Settings = ClassificationSettings
+
+    def __init__(self, classifier: Classifier, batch: int, tiled: bool):
+        self.classifier = classifier
+        self.sources = [classifier.source]
+        self.replaces = [classifier.source] if classifier.name == classifier.source else []
+        self._batch = batch  # axis 0 of the scores output in the metadata (-1: any)
+        self._tiled = tiled
+
+    @classmethod
+    def build(
+        cls, settings: ClassificationSettings, outputs: Sequence[TensorSpec],
+        context: BuildContext,
+    ) -> "Classification":
+        classifier = Classifier.build(settings, outputs, context.resolve)
+        spec = next(spec for spec in outputs if spec.name == classifier.source)
+        return cls(classifier, spec.v2_shape[0], context.tiled)
+
+    def metadata(self) -> List[MetadataTensor]:
+        classifier = self.classifier
+        if classifier.join is not None:
+            return [MetadataTensor(name=classifier.name, datatype="BYTES", shape=[-1])]
+        width = classifier.width
+        shape = [self._batch, -1 if width is None else width]
+        if self._tiled:
+            shape = [-1, *shape]  # [images, tiles, K]
+        return [MetadataTensor(name=classifier.name, datatype="BYTES", shape=shape)]
+
+    def plan(self, name: str, request_output: Optional[RequestOutput]) -> Planned:
+        classifier = self.classifier
+        count, join = class_count(request_output), None
+        if count is None:
+            count, join = classifier.top_k, classifier.join
+        if not count:  # `classification: 0`: the raw scores under this name
+            return Planned(name, classifier.source)
+        return Planned(name, classifier.source, count, join=join, post=self)
+
+    def encode(
+        self,
+        items: Sequence[Planned],
+        results: Mapping[str, np.ndarray],
+        request: RequestContext,
+        options: Any,
+    ) -> Dict[str, ResponseOutput]:
+        encoded = {}
+        for item in items:
+            encoded[item.name] = classify_output(
+                item, results[item.source], request.tiles, self.classifier
+            )
+        return encoded
+
+
+def classify_output(
+    item: Planned,
+    scores: np.ndarray,
+    tiles: Optional[Sequence[int]],
+    classifier: Optional[Classifier] = None,
+) -> ResponseOutput:
+    """The strings output `item` (top_k, join) of `scores`, with the labels and softmax of
+    `classifier` (the configured classification of these scores, if any)."""
+    labels = classifier.labels if classifier else None
+    softmax = classifier.softmax if classifier else False
+    try:
+        if item.join is not None:
+            groups = tiles if tiles is not None else [1] * len(scores)
+            strings = join_top_labels(scores, groups, item.join, labels)
+        else:
+            strings = classify(scores, item.top_k, labels, softmax)
+            strings = per_image(item.name, strings, tiles)
+    except ValueError as error:
+        raise InferenceError(f"output '{item.name}': {error}") from None
+    return encode_output(item.name, strings)

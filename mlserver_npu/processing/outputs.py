@@ -1,149 +1,171 @@
-"""Model results -> response outputs: plain tensors, classification strings or PNG images.
+"""Model results -> response outputs: plain tensors, classification strings, PNG images, or
+what the configured postprocesses make (postprocess.py).
 
 What each requested output becomes is planned before the run (so a bad request fails early):
 Triton's `parameters.classification: K` asks for the top K classes of any output, a
-configured classification postprocess does it by default, and `content_type: image` (in the
-request or the model-settings outputs) encodes images.
+configured postprocess makes its own outputs (and replaces the model outputs it consumes in a
+response that names no outputs), and `content_type: image` (in the request or the
+model-settings outputs) encodes images.
 
 When the preprocessing cuts images into tiles, the model's rows are tiles: outputs are
 regrouped per request image ([images, tiles, ...]), and a classification with `join` gives one
 string per image.
 """
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from mlserver.errors import InferenceError
-from mlserver.types import MetadataTensor, RequestOutput, ResponseOutput
+from mlserver.types import MetadataTensor, Parameters, RequestOutput, ResponseOutput
 
 from ..backends import TensorSpec
 from ..codecs.image import CONTENT_TYPE as IMAGE, ImageCodec
 from ..errors import shorten
 from ..metrics import stage
 from ..tensors import content_type_of, encode_output, metadata_of, requested_outputs
-from .classification import Classifier, classify, join_top_labels
+from .classification import Classification, class_count, classify_output
+from .postprocess import Planned, Postprocess, RequestContext, per_image
 
 
-@dataclass(frozen=True)
-class Planned:
-    name: str  # in the response
-    source: str  # the model output it comes from
-    top_k: Optional[int] = None  # classification strings when set
-    image: bool = False
-    join: Optional[str] = None  # one string per image: its rows' top-1 labels, joined
+@dataclass
+class Plan:
+    """A request's outputs, in order, and each postprocess's options for this request."""
 
-
-def _class_count(request_output: RequestOutput) -> Optional[int]:
-    """Triton's classification extension: `parameters.classification` = K, 0 = raw scores."""
-    value = getattr(request_output.parameters, "classification", None)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InferenceError(
-            f"output {shorten(request_output.name)}: parameters.classification must be a "
-            f"non-negative integer (the number of classes), got {shorten(value)}"
-        )
-    return value
+    items: List[Planned]
+    options: Dict[int, Any] = field(default_factory=dict)  # by id() of the postprocess
 
 
 class OutputEncoder:
     def __init__(
         self,
         specs: Sequence[TensorSpec],
-        classifier: Optional[Classifier] = None,
+        postprocesses: Sequence[Postprocess] = (),
         declared: Optional[Sequence[MetadataTensor]] = None,
         tiled: bool = False,
     ):
         """`tiled`: the model's rows are tiles of the request's images (InputDecoder.tiled)."""
         self.specs = list(specs)
-        self.classifier = classifier
+        self.postprocesses = list(postprocesses)
         self.tiled = tiled
         self._images = {m.name for m in declared or () if content_type_of(m.parameters) == IMAGE}
+        self._made_by = {name: post for post in self.postprocesses for name in post.names}
 
-    def _metadata(self, item: Planned, spec: TensorSpec) -> MetadataTensor:
-        if item.join is not None:
-            return MetadataTensor(name=item.name, datatype="BYTES", shape=[-1])
-        if item.top_k:
-            width = self.classifier.width
-            tensor = MetadataTensor(
-                name=item.name, datatype="BYTES",
-                shape=[spec.v2_shape[0], -1 if width is None else width],
-            )
-        else:
-            tensor = metadata_of(spec)
+    def _classification_of(self, source: str) -> Optional[Classification]:
+        """The configured classification of the model output `source`, if any."""
+        return next(
+            (
+                post for post in self.postprocesses
+                if isinstance(post, Classification) and post.classifier.source == source
+            ),
+            None,
+        )
+
+    def _metadata(self, item: Planned) -> MetadataTensor:
+        spec = next(spec for spec in self.specs if spec.name == item.source)
+        tensor = metadata_of(spec)
         if self.tiled and not item.image:
             tensor.shape = [-1, *tensor.shape]  # [images, tiles, ...]
         return tensor
 
     def metadata(self) -> List[MetadataTensor]:
         """The model's outputs as clients see them: what a request without `outputs` gets."""
-        specs = {spec.name: spec for spec in self.specs}
-        return [self._metadata(item, specs[item.source]) for item in self._default_plan()]
+        made = {
+            tensor.name: tensor for post in self.postprocesses for tensor in post.metadata()
+        }
+        return [
+            made[item.name] if item.post is not None else self._metadata(item)
+            for item in self._default_plan()
+        ]
 
     def _default_plan(self) -> List[Planned]:
+        """Each model output not replaced, in the model's order; each postprocess's outputs
+        after the first model output it reads."""
+        replaced = {name for post in self.postprocesses for name in post.replaces}
+        placed = set()
         plan = []
         for spec in self.specs:
-            classifier = self.classifier
-            if classifier is None or classifier.source != spec.name:
+            if spec.name not in replaced:
                 plan.append(Planned(spec.name, spec.name, image=spec.name in self._images))
-                continue
-            if classifier.name != spec.name:
-                plan.append(Planned(spec.name, spec.name))
-            plan.append(Planned(classifier.name, spec.name, classifier.top_k, join=classifier.join))
+            for post in self.postprocesses:
+                if id(post) not in placed and spec.name in post.sources:
+                    placed.add(id(post))
+                    plan.extend(post.plan(name, None) for name in post.names)
+        for post in self.postprocesses:  # ones that read no model output by name
+            if id(post) not in placed:
+                plan.extend(post.plan(name, None) for name in post.names)
         return plan
 
-    def plan(self, request_outputs: Optional[Sequence[RequestOutput]]) -> List[Planned]:
+    def plan(
+        self,
+        request_outputs: Optional[Sequence[RequestOutput]],
+        parameters: Optional[Parameters] = None,
+    ) -> Plan:
+        """The outputs `request_outputs` ask for (all by default), checked; `parameters`: the
+        request's, for the postprocesses' per-request overrides."""
         if not request_outputs:
-            return self._default_plan()
-        classifier = self.classifier
-        alias = [classifier.name] if classifier and classifier.name != classifier.source else []
-        names = requested_outputs(request_outputs, self.specs, also=alias)
-        by_name: Dict[str, RequestOutput] = {o.name: o for o in request_outputs}
-        plan = []
-        for name in names:
-            request_output = by_name[name]
-            count = _class_count(request_output)
-            source, join = name, None
-            if classifier is not None and name == classifier.name:
-                source = classifier.source
-                if count is None:
-                    count, join = classifier.top_k, classifier.join
-            content_type = content_type_of(request_output.parameters)
-            image = content_type == IMAGE or (content_type is None and name in self._images)
-            if image and count:
-                raise InferenceError(
-                    f"output {shorten(name)}: cannot be both classification strings and images"
-                )
-            plan.append(Planned(name, source, count or None, image, join if count else None))
+            items = self._default_plan()
+        else:
+            names = requested_outputs(
+                request_outputs, self.specs,
+                also=[name for name in self._made_by if name not in {s.name for s in self.specs}],
+            )
+            by_name: Dict[str, RequestOutput] = {o.name: o for o in request_outputs}
+            items = [self._plan_one(name, by_name[name]) for name in names]
+        plan = Plan(items)
+        for item in items:
+            if item.post is not None and id(item.post) not in plan.options:
+                plan.options[id(item.post)] = item.post.options(parameters)
         return plan
+
+    def _plan_one(self, name: str, request_output: RequestOutput) -> Planned:
+        content_type = content_type_of(request_output.parameters)
+        image = content_type == IMAGE or (content_type is None and name in self._images)
+        post = self._made_by.get(name)
+        if post is not None:
+            item = post.plan(name, request_output)
+            if item.post is not None:
+                if item.top_k and image:
+                    raise InferenceError(
+                        f"output {shorten(name)}: cannot be both classification strings and "
+                        "images"
+                    )
+                return item
+            name, source, count = item.name, item.source, None  # raw, e.g. classification 0
+        else:
+            source, count = name, class_count(request_output)
+        if image and count:
+            raise InferenceError(
+                f"output {shorten(name)}: cannot be both classification strings and images"
+            )
+        return Planned(name, source, count or None, image)
 
     def encode(
         self,
-        plan: Sequence[Planned],
+        plan: Plan,
         results: Dict[str, np.ndarray],
-        tiles: Optional[Sequence[int]] = None,
-        as_arrays: bool = False,
+        request: Optional[RequestContext] = None,
     ) -> List[ResponseOutput]:
-        """`tiles`: how many consecutive rows (tiles) each request image gave, if it was cut;
-        `as_arrays`: numeric tensors stay arrays (see tensors.encode_output)."""
+        """The planned outputs of one request's `results`."""
+        request = request or RequestContext()
+        tiles = request.tiles
+        made: Dict[str, ResponseOutput] = {}
+        for post in self.postprocesses:
+            items = [item for item in plan.items if item.post is post]
+            if items:
+                with stage("postprocess"):
+                    made.update(post.encode(items, results, request, plan.options[id(post)]))
         outputs = []
-        for item in plan:
+        for item in plan.items:
+            if item.post is not None:
+                outputs.append(made[item.name])
+                continue
             array = results[item.source]
-            if item.top_k:
-                configured = self.classifier is not None and self.classifier.source == item.source
-                labels = self.classifier.labels if configured else None
-                softmax = self.classifier.softmax if configured else False
-                try:
-                    with stage("postprocess"):
-                        if item.join is not None:
-                            groups = tiles if tiles is not None else [1] * len(array)
-                            strings = join_top_labels(array, groups, item.join, labels)
-                        else:
-                            strings = classify(array, item.top_k, labels, softmax)
-                            strings = _per_image(item.name, strings, tiles)
-                except ValueError as error:
-                    raise InferenceError(f"output '{item.name}': {error}") from None
-                outputs.append(encode_output(item.name, strings))
+            if item.top_k:  # Triton's classification extension on a model output
+                configured = self._classification_of(item.source)
+                with stage("postprocess"):
+                    outputs.append(classify_output(
+                        item, array, tiles, configured.classifier if configured else None
+                    ))
             elif item.image:
                 try:
                     outputs.append(ImageCodec.encode_output(item.name, array))
@@ -151,20 +173,6 @@ class OutputEncoder:
                     raise InferenceError(f"output '{item.name}': {error}") from None
             else:
                 outputs.append(
-                    encode_output(item.name, _per_image(item.name, array, tiles), as_arrays)
+                    encode_output(item.name, per_image(item.name, array, tiles), request.as_arrays)
                 )
         return outputs
-
-
-def _per_image(name: str, array: np.ndarray, tiles: Optional[Sequence[int]]) -> np.ndarray:
-    """[rows, ...] -> [images, tiles, ...] when the rows are the tiles of the request's images."""
-    if tiles is None:
-        return array
-    if len(set(tiles)) > 1:
-        raise InferenceError(
-            f"output '{name}': the images give different numbers of tiles ("
-            + ", ".join(map(str, tiles))
-            + "), which cannot make one tensor; ask for a joined classification output only, "
-            "or send such images in separate requests"
-        )
-    return array.reshape(len(tiles), tiles[0], *array.shape[1:])

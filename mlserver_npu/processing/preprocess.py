@@ -1,10 +1,12 @@
 """Declarative image preprocessing: `parameters.extra.preprocess` is a preset name or a list of
 ops, validated by pydantic at load and compiled against the model input the images feed.
 
-Pillow ops (convert, resize, center_crop) run per image; numpy ops (scale, normalize) run on
-the stacked batch; `layout` and `dtype` describe the result and default to the model's.
-`tiles` cuts each image into a grid of tiles: the ops after it run on every tile, and the tiles
-become the batch rows.
+Image ops (convert, resize, center_crop, letterbox, resize_to_multiple) run per image, with
+Pillow or OpenCV as their `resample` says; numpy ops (scale, normalize) run on the stacked
+batch; `layout` and `dtype` describe the result and default to the model's. `tiles` cuts each
+image into a grid of tiles: the ops after it run on every tile, and the tiles become the batch
+rows. Every op that moves pixels records it in the image's Geometry (geometry.py), so that
+postprocessing can map results back to the image the client sent.
 """
 import math
 from typing import Annotated, Any, List, Literal, Optional, Sequence, Tuple, Union
@@ -24,10 +26,12 @@ from pydantic import (
 
 from ..backends import TensorSpec
 from ..errors import ConfigurationError
+from .geometry import Geometry
 
 # [height, width], or one number for a square
 Size = Union[PositiveInt, Tuple[PositiveInt, PositiveInt]]
 PerChannel = Union[float, List[float]]
+Byte = Annotated[int, Field(ge=0, le=255)]
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -37,6 +41,17 @@ RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+# OpenCV's interpolations (cv2.INTER_*): what the detectors' own pipelines resize with
+# (Ultralytics, PaddleOCR, MediaPipe); Pillow's bilinear antialiases when shrinking, OpenCV's
+# INTER_LINEAR does not, which moves scores by 0.01-0.2.
+CV2_RESAMPLE = {
+    "cv2_nearest": "INTER_NEAREST",
+    "cv2_linear": "INTER_LINEAR",
+    "cv2_area": "INTER_AREA",
+    "cv2_cubic": "INTER_CUBIC",
+    "cv2_lanczos4": "INTER_LANCZOS4",
+}
+Resample = Literal[tuple(RESAMPLE) + tuple(CV2_RESAMPLE)]  # type: ignore[valid-type]
 DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64")
 
 
@@ -53,15 +68,33 @@ def _hw(size: Size) -> Tuple[int, int]:
     return (size, size) if isinstance(size, int) else (size[0], size[1])
 
 
+def resize_image(image: Image.Image, height: int, width: int, resample: str) -> Image.Image:
+    """`image` at (height, width), with Pillow's filter or OpenCV's interpolation `resample`."""
+    if (height, width) == (image.height, image.width):
+        return image
+    if resample in CV2_RESAMPLE:
+        import cv2  # only models configured for OpenCV's resampling pay its import
+
+        array = cv2.resize(
+            np.asarray(image), (width, height), interpolation=getattr(cv2, CV2_RESAMPLE[resample])
+        )
+        return Image.fromarray(array, image.mode)
+    return image.resize((width, height), RESAMPLE[resample])
+
+
+Step = Tuple[Image.Image, Geometry]
+
+
 class _Op(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Convert(_Op):
-    """Colour mode: `RGB` (3 channels) or `L` (grayscale, 1 channel)."""
+    """Colour mode: `RGB` (3 channels), `BGR` (3 channels in OpenCV's order, for models
+    trained on cv2.imread images) or `L` (grayscale, 1 channel)."""
 
     op: Literal["convert"]
-    mode: Literal["RGB", "L"]
+    mode: Literal["RGB", "BGR", "L"]
 
 
 class Resize(_Op):
@@ -70,7 +103,7 @@ class Resize(_Op):
     op: Literal["resize"]
     size: Optional[Size] = None
     shorter_side: Optional[PositiveInt] = None
-    resample: Literal[tuple(RESAMPLE)] = "bilinear"  # type: ignore[valid-type]
+    resample: Resample = "bilinear"
 
     @model_validator(mode="after")
     def _one_target(self) -> "Resize":
@@ -87,11 +120,9 @@ class Resize(_Op):
             return side, int(side * width / height)
         return int(side * height / width), side
 
-    def apply(self, image: Image.Image) -> Image.Image:
+    def apply(self, image: Image.Image, geometry: Geometry) -> Step:
         height, width = self.output_size(image.height, image.width)
-        if (height, width) == (image.height, image.width):
-            return image
-        return image.resize((width, height), RESAMPLE[self.resample])
+        return resize_image(image, height, width, self.resample), geometry.resized(height, width)
 
     def scaled(self, ratio: float) -> "Resize":
         if self.size is not None:
@@ -106,17 +137,94 @@ class CenterCrop(_Op):
     op: Literal["center_crop"]
     size: Size
 
-    def apply(self, image: Image.Image) -> Image.Image:
+    def apply(self, image: Image.Image, geometry: Geometry) -> Step:
         height, width = _hw(self.size)
         if (height, width) == (image.height, image.width):
-            return image
+            return image, geometry
         top = int(round((image.height - height) / 2.0))
         left = int(round((image.width - width) / 2.0))
-        return image.crop((left, top, left + width, top + height))
+        image = image.crop((left, top, left + width, top + height))
+        return image, geometry.cropped(top, left, height, width)
 
     def scaled(self, ratio: float) -> "CenterCrop":
         height, width = _hw(self.size)
         return self.model_copy(update={"size": (round(height * ratio), round(width * ratio))})
+
+
+class Letterbox(_Op):
+    """Into `size` [height, width] keeping the aspect ratio, the rest padded with
+    `pad_value`: Ultralytics' LetterBox (its arithmetic and OpenCV's INTER_LINEAR by
+    default), the image centred or at the top left as the model was trained."""
+
+    op: Literal["letterbox"]
+    size: Optional[Size] = Field(None, description="default: the model's height and width")
+    pad_value: Union[Byte, List[Byte]] = 114
+    position: Literal["center", "top_left"] = "center"
+    scale_up: bool = Field(True, description="false: images smaller than size are only padded")
+    resample: Resample = "cv2_linear"
+
+    def apply(self, image: Image.Image, geometry: Geometry) -> Step:
+        if self.size is None:
+            raise PreprocessError("letterbox needs a size for a model of dynamic height and width")
+        height, width = _hw(self.size)
+        ratio = min(height / image.height, width / image.width)
+        if not self.scale_up:
+            ratio = min(ratio, 1.0)
+        inner_h, inner_w = int(round(image.height * ratio)), int(round(image.width * ratio))
+        pad_h, pad_w = height - inner_h, width - inner_w
+        top = left = 0
+        if self.position == "center":
+            top, left = int(round(pad_h / 2 - 0.1)), int(round(pad_w / 2 - 0.1))
+        image = resize_image(image, inner_h, inner_w, self.resample)
+        geometry = geometry.resized(inner_h, inner_w)
+        value = self.pad_value
+        if image.mode == "L":
+            fill: Any = value if isinstance(value, int) else value[0]
+        else:
+            fill = (value,) * 3 if isinstance(value, int) else tuple(value)
+        canvas = Image.new(image.mode, (width, height), fill)
+        canvas.paste(image, (left, top))
+        return canvas, geometry.padded(top, left, height, width)
+
+    def scaled(self, ratio: float) -> "Letterbox":
+        height, width = _hw(self.size)
+        return self.model_copy(update={"size": (round(height * ratio), round(width * ratio))})
+
+
+class ResizeToMultiple(_Op):
+    """For models of dynamic height and width: scale by the side limit, then round each side
+    to a multiple of `multiple` (PaddleOCR's DetResizeForTest: `limit_type` `max` shrinks an
+    image whose longer side exceeds `limit_side_len`, `min` enlarges one whose shorter side is
+    below it, `resize_long` scales the longer side to it)."""
+
+    op: Literal["resize_to_multiple"]
+    multiple: PositiveInt = 32
+    limit_side_len: Optional[PositiveInt] = None
+    limit_type: Literal["max", "min", "resize_long"] = "max"
+    resample: Resample = "cv2_linear"
+
+    def output_size(self, height: int, width: int) -> Tuple[int, int]:
+        ratio = 1.0
+        limit = self.limit_side_len
+        if limit is not None:
+            if self.limit_type == "max" and max(height, width) > limit:
+                ratio = limit / max(height, width)
+            elif self.limit_type == "min" and min(height, width) < limit:
+                ratio = limit / min(height, width)
+            elif self.limit_type == "resize_long":
+                ratio = limit / max(height, width)
+        multiple = self.multiple
+        return tuple(  # type: ignore[return-value]
+            max(int(round(int(side * ratio) / multiple) * multiple), multiple)
+            for side in (height, width)
+        )
+
+    def apply(self, image: Image.Image, geometry: Geometry) -> Step:
+        height, width = self.output_size(image.height, image.width)
+        return resize_image(image, height, width, self.resample), geometry.resized(height, width)
+
+    def scaled(self, ratio: float) -> "ResizeToMultiple":
+        return self
 
 
 class Tiles(_Op):
@@ -125,7 +233,7 @@ class Tiles(_Op):
     op: Literal["tiles"]
     size: Size
 
-    def apply(self, image: Image.Image) -> List[Image.Image]:
+    def apply(self, image: Image.Image, geometry: Geometry) -> List[Step]:
         height, width = _hw(self.size)
         if image.height % height or image.width % width:
             raise PreprocessError(
@@ -133,7 +241,10 @@ class Tiles(_Op):
                 f"{height}x{width} tiles: its sides must be multiples of the tile's"
             )
         return [
-            image.crop((left, top, left + width, top + height))
+            (
+                image.crop((left, top, left + width, top + height)),
+                geometry.cropped(top, left, height, width),
+            )
             for top in range(0, image.height, height)
             for left in range(0, image.width, width)
         ]
@@ -176,11 +287,14 @@ class Dtype(_Op):
 
 
 Op = Annotated[
-    Union[Convert, Resize, CenterCrop, Tiles, Scale, Normalize, Layout, Dtype],
+    Union[
+        Convert, Resize, CenterCrop, Letterbox, ResizeToMultiple, Tiles, Scale, Normalize,
+        Layout, Dtype,
+    ],
     Field(discriminator="op"),
 ]
-IMAGE_OPS = (Convert, Resize, CenterCrop, Tiles)
-GEOMETRY_OPS = (Resize, CenterCrop)
+IMAGE_OPS = (Convert, Resize, CenterCrop, Letterbox, ResizeToMultiple, Tiles)
+GEOMETRY_OPS = (Resize, CenterCrop, Letterbox, ResizeToMultiple)
 ARRAY_OPS = (Scale, Normalize)
 SETTINGS_OPS = ("convert", "tiles", "layout", "dtype")  # at most one of each
 
@@ -241,26 +355,33 @@ def _describe(spec: TensorSpec) -> str:
     return f"model input '{spec.name}' ({np.dtype(spec.dtype).name} {spec.v2_shape})"
 
 
-def _fit(geometry: List[Any], size: Optional[Tuple[int, int]]) -> List[Any]:
-    """Make the Pillow ops end at the model's static [height, width]: the last crop or exact
-    resize takes that size and the ops before a crop scale along."""
+def _fit(geometry: List[Any], size: Optional[Tuple[int, int]], spec: TensorSpec) -> List[Any]:
+    """Make the image ops end at the model's static [height, width]: the last crop, letterbox
+    or exact resize takes that size and the ops before a crop scale along."""
     if size is None:
         return geometry
     if not geometry:
         return [Resize(op="resize", size=size)]
     last = geometry[-1]
+    if isinstance(last, ResizeToMultiple):
+        raise ConfigurationError(
+            f"resize_to_multiple is for models of dynamic height and width, but {_describe(spec)} "
+            "takes one size: use letterbox or resize"
+        )
     if isinstance(last, CenterCrop):
         ratio = min(size) / min(_hw(last.size))
         head = [op if ratio == 1 else op.scaled(ratio) for op in geometry[:-1]]
         return head + [last.model_copy(update={"size": size})]
-    if last.size is not None:
+    if isinstance(last, Letterbox) or last.size is not None:
         return geometry[:-1] + [last.model_copy(update={"size": size})]
     return geometry + [CenterCrop(op="center_crop", size=size)]
 
 
 def _final_size(geometry: List[Any]) -> Optional[Tuple[int, int]]:
     for op in reversed(geometry):
-        if isinstance(op, CenterCrop) or op.size is not None:
+        if isinstance(op, ResizeToMultiple):
+            return None
+        if getattr(op, "size", None) is not None:
             return _hw(op.size)
     return None
 
@@ -286,11 +407,13 @@ class Preprocessor:
         self.layout = layout.layout if layout else _model_layout(spec)
         channel_axis = 1 if self.layout == "NCHW" else 3
         model_channels = shape[channel_axis] if len(shape) == 4 else None
-        self.mode = convert.mode if convert else ("L" if model_channels == 1 else "RGB")
+        order = convert.mode if convert else ("L" if model_channels == 1 else "RGB")
+        self.bgr = order == "BGR"
+        self.mode = "RGB" if self.bgr else order  # Pillow's mode; BGR is reversed at the end
         channels = 1 if self.mode == "L" else 3
         if model_channels not in (None, channels):
             raise ConfigurationError(
-                f"preprocessing gives {channels} channel(s) (mode {self.mode}) in layout "
+                f"preprocessing gives {channels} channel(s) (mode {order}) in layout "
                 f"{self.layout}, but {_describe(spec)} has {model_channels}"
             )
         if dtype_op and np.dtype(dtype_op.dtype) != dtype:
@@ -303,7 +426,14 @@ class Preprocessor:
         model_size = None
         if len(shape) == 4 and all(shape[axis] is not None for axis in spatial):
             model_size = (shape[spatial[0]], shape[spatial[1]])
-        self.geometry = _fit([op for op in ops[cut:] if isinstance(op, GEOMETRY_OPS)], model_size)
+        self.geometry = _fit(
+            [op for op in ops[cut:] if isinstance(op, GEOMETRY_OPS)], model_size, spec
+        )
+        for op in self.before_tiles + self.geometry:
+            if isinstance(op, Letterbox) and op.size is None:
+                raise ConfigurationError(
+                    f"letterbox needs a 'size': {_describe(spec)} has a dynamic height and width"
+                )
         self.size = _final_size(self.geometry) or (_hw(self.tiles.size) if self.tiles else None)
         self.arrays = [op for op in ops if isinstance(op, ARRAY_OPS)]
         for op in self.arrays:
@@ -328,6 +458,17 @@ class Preprocessor:
                     f"image, but {_describe(spec)} takes {math.prod(self.reshape)}"
                 )
 
+    def warm_up_size(self) -> Optional[Tuple[int, int]]:
+        """(height, width) of a typical image after the ops: the fixed size, or what
+        resize_to_multiple makes of a square at its side limit (640 without one)."""
+        if self.size is not None:
+            return self.size
+        last = self.geometry[-1] if self.geometry else None
+        if isinstance(last, ResizeToMultiple):
+            side = last.limit_side_len or 640
+            return last.output_size(side, side)
+        return None
+
     def draft_size(self, size: Tuple[int, int]) -> Optional[Tuple[int, int]]:
         """The (width, height) the first resize needs from an upright (width, height) image:
         a JPEG can be decoded at 1/2, 1/4 or 1/8 scale while it stays at least that large."""
@@ -348,29 +489,45 @@ class Preprocessor:
                 raise PreprocessError(f"{error}", index) from None
         return image
 
-    def cut(self, images: Sequence[Image.Image]) -> Tuple[List[Image.Image], List[int]]:
-        """With a `tiles` op: the tiles of all images in order, and how many each image gave."""
+    def cut(
+        self, images: Sequence[Image.Image], geometries: Sequence[Geometry]
+    ) -> Tuple[List[Image.Image], List[Geometry], List[int]]:
+        """With a `tiles` op: the tiles of all images in order, their geometries, and how many
+        tiles each image gave."""
         tiles: List[Image.Image] = []
+        tile_geometries: List[Geometry] = []
         counts = []
-        for index, image in enumerate(images):
+        for index, (image, geometry) in enumerate(zip(images, geometries)):
             image = self._convert(image, index)
             for op in self.before_tiles:
-                image = op.apply(image)
+                image, geometry = op.apply(image, geometry)
             try:
-                parts = self.tiles.apply(image)
+                parts = self.tiles.apply(image, geometry)
             except PreprocessError as error:
                 raise PreprocessError(str(error), index) from None
-            tiles.extend(parts)
+            tiles.extend(part for part, _ in parts)
+            tile_geometries.extend(where for _, where in parts)
             counts.append(len(parts))
-        return tiles, counts
+        return tiles, tile_geometries, counts
 
-    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def __call__(
+        self, images: Sequence[Image.Image], geometries: Optional[Sequence[Geometry]] = None
+    ) -> Tuple[np.ndarray, List[Geometry]]:
+        """The input tensor of `images`, and the geometry of each row: `geometries` (default:
+        the images as they are) followed by the ops."""
+        if geometries is None:
+            geometries = [Geometry.of(image.height, image.width) for image in images]
         arrays = []
-        for index, image in enumerate(images):
+        placed = []
+        for index, (image, geometry) in enumerate(zip(images, geometries)):
             image = self._convert(image, index)
-            for op in self.geometry:
-                image = op.apply(image)
+            try:
+                for op in self.geometry:
+                    image, geometry = op.apply(image, geometry)
+            except PreprocessError as error:
+                raise PreprocessError(str(error), index) from None
             arrays.append(np.asarray(image))
+            placed.append(geometry)
         sizes = sorted({a.shape[:2] for a in arrays})
         if len(sizes) > 1:
             raise PreprocessError(
@@ -382,6 +539,8 @@ class Preprocessor:
         batch = np.stack(arrays)
         if batch.ndim == 3:
             batch = batch[..., np.newaxis]
+        if self.bgr:
+            batch = batch[..., ::-1]
         if self.arrays:
             batch = batch.astype(np.float32)
         for op in self.arrays:
@@ -397,7 +556,7 @@ class Preprocessor:
                     "to parameters.extra.preprocess"
                 )
             batch = batch.reshape([len(batch), *self.reshape])
-        return np.ascontiguousarray(batch)
+        return np.ascontiguousarray(batch), placed
 
 
 def _cast(batch: np.ndarray, dtype: np.dtype) -> np.ndarray:
