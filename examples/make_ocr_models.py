@@ -53,21 +53,22 @@ THREADS = {"intra_op_threads": 1}
 SETTINGS = {
     "ocr-det": {
         "options": THREADS,
-        # the shorter side up to 736 (never down), both sides to a multiple of 32
+        # PaddleOCR's DetResizeForTest as rapidocr runs it: the shorter side up to 736 (never
+        # down), both sides rounded to a multiple of 32
         "preprocess": [
-            {"op": "convert", "mode": "RGB", "channels": "BGR"},
-            {"op": "resize", "shorter_side": 736, "multiple_of": 32, "enlarge_only": True,
-             "resample": "cv2_linear"},
+            {"op": "convert", "mode": "BGR"},
+            {"op": "resize_to_multiple", "multiple": 32, "limit_side_len": 736,
+             "limit_type": "min"},
             *NORMALIZE,
         ],
         "postprocess": {"type": "text_detection"},
     },
     "ocr-rec": {
         "options": THREADS,
-        # a text line image alone: 48 pixels high, its width following
+        # served alone: one text line image, 48 pixels high, its width following
         "preprocess": [
-            {"op": "convert", "mode": "RGB", "channels": "BGR"},
-            {"op": "resize", "height": 48, "resample": "cv2_linear"},
+            {"op": "convert", "mode": "BGR"},
+            {"op": "resize", "shorter_side": 48, "resample": "cv2_linear"},
             *NORMALIZE,
         ],
         "postprocess": {"type": "ctc"},
@@ -75,7 +76,7 @@ SETTINGS = {
     "ocr-cls": {
         "options": THREADS,
         "preprocess": [
-            {"op": "convert", "mode": "RGB", "channels": "BGR"},
+            {"op": "convert", "mode": "BGR"},
             {"op": "resize", "size": [48, 192], "resample": "cv2_linear"},
             *NORMALIZE,
         ],
@@ -92,9 +93,11 @@ PIPELINE = {
         {"name": "recognize", "model": "../ocr-rec",
          "regions": {"image": "inputs.image", "boxes": "detect.outputs.text_boxes",
                      "count": "detect.outputs.num_texts", "height": 48, "min_width": 320,
+                     "group_size": 6,
                      "rotate": {"scores": "orient.outputs.save_infer_model/scale_0.tmp_1",
                                 "class": 1, "threshold": 0.9},
-                     "min_score": {"text_scores": 0.5}}},
+                     "keep": {"output": "text_scores", "threshold": 0.5},
+                     "join": {"output": "text", "separator": "\n", "as": "full_text"}}},
     ],
     "outputs": {
         "text": "recognize.outputs.text",

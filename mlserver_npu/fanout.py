@@ -3,12 +3,12 @@ every region of every image (processing/regions.py) into one batch for the step'
 runs it as any batch (static batch split and padded, sessions, the plugin's batcher); the
 fan-in gives the step's outputs back per image, [images, K, ...], K the most regions of an
 image (rows past an image's count are zeros or empty strings)."""
-import functools
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+import asyncio
+from typing import Collection, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from mlserver.errors import InferenceError
-from mlserver.types import MetadataTensor
+from mlserver.types import MetadataTensor, Parameters
 from PIL import Image
 
 from .backends import TensorSpec
@@ -18,7 +18,7 @@ from .metrics import stage
 from .processing.postprocess import Postprocess, RequestContext
 from .processing.preprocess import Preprocessor
 from .processing.regions import (
-    RegionsSettings, as_quads, cut, feed, region_counts, regroup,
+    RegionsSettings, as_quads, cut, feed, groups, region_counts, regroup,
 )
 from .stages import ModelStages
 
@@ -48,28 +48,47 @@ def post_specs(posts: Sequence[Postprocess], model_outputs: Sequence[TensorSpec]
 
 def post_arrays(
     posts: Sequence[Postprocess], results: Mapping[str, np.ndarray], request: RequestContext,
-    wanted: Sequence[str],
+    wanted: Collection[str], parameters: Optional[Parameters] = None,
 ) -> Dict[str, np.ndarray]:
-    """The outputs `wanted` that the postprocesses make, as arrays. Types with an `arrays`
-    method give them directly; others are encoded (numeric data as arrays) and read back."""
+    """The outputs `wanted` that the postprocesses make, as arrays (`parameters`: the
+    request's, for per-request overrides). Types with an `arrays` method give them directly;
+    others are encoded (numeric data as arrays) and read back."""
     made: Dict[str, np.ndarray] = {}
     for post in posts:
-        names = [name for name in post.names if name in wanted]
+        # a name the model's outputs have stays theirs (classification replaces its scores
+        # for clients, not for the steps that take them)
+        names = [name for name in post.names if name in wanted and name not in results]
         if not names:
             continue
+        options = post.options(parameters)
         arrays = getattr(post, "arrays", None)
         if arrays is not None:
-            made.update({k: v for k, v in arrays(results, request).items() if k in names})
+            made.update({k: v for k, v in arrays(results, request, options).items() if k in names})
             continue
         items = [post.plan(name, None) for name in names]
         context = RequestContext(request.geometry, request.images, request.tiles, as_arrays=True)
-        for name, output in post.encode(items, results, context, post.options(None)).items():
+        for name, output in post.encode(items, results, context, options).items():
             data = getattr(output.data, "root", output.data)
             dtype = dtype_of(output.datatype)
             made[name] = np.asarray(data if dtype != object else list(data), dtype).reshape(
                 output.shape
             )
     return made
+
+
+def stack_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate on axis 0; the other axes padded with zeros to the largest (the outputs of
+    runs of different widths, e.g. a recognizer's timesteps)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    shape = np.max([a.shape for a in arrays], axis=0)
+    if all(a.shape[1:] == tuple(shape[1:]) for a in arrays):
+        return np.concatenate(arrays)
+    padded = [
+        np.pad(a, [(0, 0)] + [(0, int(m) - d) for m, d in zip(shape[1:], a.shape[1:])])
+        for a in arrays
+    ]
+    return np.concatenate(padded)
 
 
 class FanOut:
@@ -168,6 +187,14 @@ class FanOut:
             return array[:, :, np.newaxis]
         return array[:, :, ::-1] if self.preprocessor.bgr else array
 
+    def _feed(self, regions: List[np.ndarray]) -> np.ndarray:
+        """Regions as the model input's batch: resized, normalized, padded, laid out."""
+        batch = feed(regions, self.height, self.width, self.settings.min_width,
+                     self._normalize, self.settings.width_multiple)
+        if self.preprocessor.layout == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(batch.astype(self.preprocessor.dtype, copy=False))
+
     def _normalize(self, batch: np.ndarray) -> np.ndarray:
         for op in self.preprocessor.arrays:
             batch = op.apply(batch)
@@ -209,7 +236,7 @@ class FanOut:
 
     async def run(
         self, images: Sequence[Image.Image], arrays: Mapping[str, np.ndarray],
-        wanted: Sequence[str],
+        wanted: Collection[str], parameters: Optional[Parameters] = None,
     ) -> Dict[str, np.ndarray]:
         """The step's outputs for the request's `images` (the decoded originals) and the
         step outputs its regions take (`regions.boxes`, ...)."""
@@ -227,16 +254,17 @@ class FanOut:
                 [q for q in quads if len(q)], settings.upright_ratio, turn,
             )
         if regions:
+            batches = groups(regions, [n for n in counts if n], settings.group_size)
             with stage("preprocess"):
-                batch = feed(regions, self.height, self.width, settings.min_width,
-                             self._normalize, settings.width_multiple)
-                if self.preprocessor.layout == "NCHW":
-                    batch = batch.transpose(0, 3, 1, 2)
-                batch = np.ascontiguousarray(batch.astype(self.preprocessor.dtype, copy=False))
-            results = await self.stages.run({self.input: batch})
+                feeds = [self._feed([regions[i] for i in batch]) for batch in batches]
+            runs = await asyncio.gather(*(self.stages.run({self.input: f}) for f in feeds))
             with stage("postprocess"):
-                made = post_arrays(self.posts, results, RequestContext(), wanted)
-            rows = {**results, **made}
+                runs = [
+                    {**run, **post_arrays(self.posts, run, RequestContext(), wanted, parameters)}
+                    for run in runs
+                ]
+            order = np.argsort(np.concatenate([np.array(b, int) for b in batches]), kind="stable")
+            rows = {name: stack_rows([run[name] for run in runs])[order] for name in runs[0]}
         else:  # no region in any image: no device run
             rows = {
                 spec.name: np.zeros([0, *[d or 0 for d in spec.shape[1:]]], spec.dtype)

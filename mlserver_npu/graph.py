@@ -5,7 +5,9 @@ starts every step as soon as its inputs are ready (independent steps run concurr
 References are Seldon Core 2's: `inputs.<pipeline input>` and `<step>.outputs.<output>`.
 """
 import asyncio
-from typing import Annotated, Any, Awaitable, Callable, Dict, List, Literal, Optional, Sequence, Union
+from typing import (
+    Annotated, Any, Awaitable, Callable, Dict, List, Literal, Optional, Sequence, Set, Union,
+)
 
 import numpy as np
 from pydantic import (
@@ -283,6 +285,15 @@ class Graph:
         for name, ref in self.config.outputs.items():
             resolve(f"output '{name}'", ref)
         return outputs
+
+    def wanted(self) -> Dict[str, Set[str]]:
+        """The outputs of each step that other steps or the pipeline's outputs take."""
+        wanted: Dict[str, Set[str]] = {}
+        refs = [ref for step in self.order for ref in references(step).values()]
+        for ref in refs + list(self.config.outputs.values()):
+            if ref.step is not None:
+                wanted.setdefault(ref.step, set()).add(ref.name)
+        return wanted
 
     def pipeline_inputs(
         self, step: ModelStep, model_inputs: Sequence[TensorSpec], cropped: Optional[str] = None

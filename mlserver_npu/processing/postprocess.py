@@ -130,8 +130,10 @@ class Postprocess:
 def registry() -> Dict[str, Type[Postprocess]]:
     """Postprocess types by their `type` name."""
     from .classification import Classification
+    from .ctc import CTC
+    from .text_detection import TextDetection
 
-    types = (Classification,)
+    types = (Classification, TextDetection, CTC)
     return {cls.Settings.model_fields["type"].annotation.__args__[0]: cls for cls in types}
 
 

@@ -16,7 +16,7 @@ from mlserver.types import ResponseOutput
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from ..codecs.image import ImageCodec
+from ..codecs.image import ImageCodec, original_size
 
 from ..references import Ref, Reference
 
@@ -176,6 +176,11 @@ class RegionsSettings(BaseModel):
     upright_ratio: Optional[float] = Field(
         1.5, gt=0, description="turn regions at least this much taller than wide (null: never)"
     )
+    group_size: Optional[PositiveInt] = Field(
+        None, description="run each image's regions in groups of this many, sorted by aspect "
+        "ratio, each padded to its own width (PaddleOCR's rec_batch_num, 6: the padding a text "
+        "recognizer was validated with); default: all regions of the request as one batch"
+    )
     max_regions: PositiveInt = Field(100, description="regions per image")
     truncate: bool = Field(
         False, description="past max_regions: keep the first ones (true) or refuse (false)"
@@ -201,6 +206,23 @@ class RegionsSettings(BaseModel):
         """The step's outputs that hold the regions kept and their count per image."""
         count = self.count_output or (self.count.name if self.count else "num_regions")
         return self.boxes_output or self.boxes.name, count
+
+
+def groups(
+    regions: Sequence[np.ndarray], counts: Sequence[int], size: Optional[int]
+) -> List[List[int]]:
+    """Indices of `regions` (the regions of each image in turn, `counts` per image) in the
+    batches they run in: all in one, or per image, sorted by width / height (stable), in
+    groups of `size` (PaddleOCR's TextRecognizer order)."""
+    if size is None:
+        return [list(range(len(regions)))] if len(regions) else []
+    batches, start = [], 0
+    for count in counts:
+        ratios = [regions[i].shape[1] / regions[i].shape[0] for i in range(start, start + count)]
+        order = [start + int(i) for i in np.argsort(np.array(ratios), kind="stable")]
+        batches += [order[i : i + size] for i in range(0, count, size)]
+        start += count
+    return batches
 
 
 def region_counts(boxes: np.ndarray, count: Optional[np.ndarray]) -> List[int]:
@@ -234,8 +256,6 @@ def draw(
 ) -> Image.Image:
     """A copy of the client's image with each region outlined and its label written above
     it (quadrilaterals in the image's own pixels)."""
-    from ..codecs.image import original_size  # the vision lane's; merged later
-
     scale = np.float32(image.size) / np.float32(original_size(image))
     out = image.convert("RGB")
     pen = ImageDraw.Draw(out)

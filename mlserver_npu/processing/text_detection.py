@@ -7,13 +7,25 @@ The numeric steps follow PaddleOCR (and rapidocr-onnxruntime, which the tests co
 that the same model gives the same boxes: contours and rectangles from OpenCV, the unclip
 offset from pyclipper, corner points rounded to whole pixels of the original image.
 """
-from typing import List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import pyclipper
-from shapely.geometry import Polygon
+from mlserver.errors import InferenceError
+from mlserver.types import MetadataTensor, Parameters, RequestOutput, ResponseOutput
 from pydantic import BaseModel, ConfigDict, Field
+from shapely.geometry import Polygon
+
+from ..backends import TensorSpec
+from ..codecs.image import CONTENT_TYPE as IMAGE
+from ..errors import ConfigurationError, shorten
+from ..metrics import stage
+from ..tensors import content_type_of, encode_output
+from .postprocess import (
+    BuildContext, Planned, Postprocess, RequestContext, check_parameter, request_parameter,
+)
+from .regions import draw_output
 
 _DILATION = np.ones((2, 2), np.uint8)
 
