@@ -20,7 +20,7 @@ from .processing.preprocess import Preprocessor
 from .processing.regions import (
     RegionsSettings, as_quads, cut, feed, groups, region_counts, regroup,
 )
-from .stages import ModelStages
+from .stages import ModelStages, stack_rows
 
 
 def dtype_of(datatype: str) -> np.dtype:
@@ -74,21 +74,6 @@ def post_arrays(
                 output.shape
             )
     return made
-
-
-def stack_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenate on axis 0; the other axes padded with zeros to the largest (the outputs of
-    runs of different widths, e.g. a recognizer's timesteps)."""
-    if len(arrays) == 1:
-        return arrays[0]
-    shape = np.max([a.shape for a in arrays], axis=0)
-    if all(a.shape[1:] == tuple(shape[1:]) for a in arrays):
-        return np.concatenate(arrays)
-    padded = [
-        np.pad(a, [(0, 0)] + [(0, int(m) - d) for m, d in zip(shape[1:], a.shape[1:])])
-        for a in arrays
-    ]
-    return np.concatenate(padded)
 
 
 class FanOut:
@@ -206,7 +191,8 @@ class FanOut:
             return None
         flags = []
         for index, count in enumerate(counts):
-            rows = np.asarray(scores[index][:count], np.float32).reshape(count, -1)
+            rows = np.asarray(scores[index][:count], np.float32)
+            rows = rows.reshape(count, -1) if count else np.zeros((0, 1), np.float32)
             if rows.size and rows.shape[1] <= rotate.class_index:
                 raise InferenceError(
                     f"regions.rotate.class {rotate.class_index} is past the "

@@ -253,7 +253,7 @@ class Pipeline(ServedModel):
                         originals[source], arrays, wanted, payload.parameters
                     )
                 else:
-                    results = await stages.run({**decoded.feeds, **arrays})
+                    results = await stages.run_decoded(decoder, decoded, arrays)
                     context = request_context(decoded, decoder.image_input)
                     with stage("postprocess"):
                         results.update(post_arrays(

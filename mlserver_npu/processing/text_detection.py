@@ -259,13 +259,24 @@ class TextDetection(Postprocess):
         maps = np.asarray(results[self.sources[0]])
         maps = maps[:, 0] if maps.ndim == 4 else maps
         quads, scores = [], []
+        geometries = request.geometry or []
+        if geometries:
+            # images of different sizes are padded to the largest (bottom, right): an image's
+            # map is the top-left part of its row, at the map's scale of the input
+            padded = [max(g.input_size[axis] for g in geometries) for axis in (0, 1)]
+            ratio = (maps.shape[1] / padded[0], maps.shape[2] / padded[1])
         for row, probability in enumerate(maps):
+            geometry = geometries[row] if geometries else None
+            if geometry is not None:
+                probability = probability[
+                    : round(geometry.input_size[0] * ratio[0]),
+                    : round(geometry.input_size[1] * ratio[1]),
+                ]
             found, score = db_boxes(probability, settings)
-            geometry = request.geometry[row] if request.geometry else None
             if geometry is not None:
                 height, width = probability.shape
-                ratio = np.float32([geometry.input_size[1] / width, geometry.input_size[0] / height])
-                found = geometry.to_original(found * ratio)
+                scale = np.float32([geometry.input_size[1] / width, geometry.input_size[0] / height])
+                found = geometry.to_original(found * scale)
                 size = geometry.original[::-1]
             else:
                 size = probability.shape[::-1]

@@ -1,0 +1,218 @@
+"""OCR over a live server: `model-repository/ocr` (PP-OCRv4 detect, orient, recognize in one
+pipeline) reads rendered text as rapidocr-onnxruntime does on the same images (same strings,
+boxes IoU >= 0.9), over REST and gRPC, in batches of images of different sizes, with several
+sessions and with the plugin's batcher; regions fan out over sessions; errors name the step.
+
+rapidocr-onnxruntime is fetched as a wheel without its dependencies (tests/ocr_reference.py):
+it declares opencv-python, which would break the headless cv2 of this environment.
+"""
+import base64
+import io
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ocr_reference as R
+from server import MODEL_REPOSITORY, Server, copy_model, copy_repository, grpc_calls
+
+SANS, BOLD, SERIF, MONO = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf"
+)
+OCR_MODELS = ["ocr", "ocr-det", "ocr-rec", "ocr-cls"]
+
+
+def _pages():
+    """Text the shipped example never shows: several fonts, sizes and angles, an upside-down
+    page (the direction classifier must turn its lines), and a page without text."""
+    return {
+        "letter": R.render([("Dear customer,", SERIF, 28), ("parcel 88-1042 left", SANS, 24),
+                            ("Rotterdam today", SANS, 24), ("serial XK-2291-B", MONO, 18)],
+                           (400, 300)),
+        "tilted": R.render([("GRAND OPENING", BOLD, 36), ("Saturday 9 to 6", SERIF, 28)],
+                           (440, 330), angle=6, origin=(50, 70)),
+        "upside": R.render([("Handle with care", BOLD, 30), ("This side up", SANS, 26)],
+                           (380, 300), origin=(40, 80)).rotate(180),
+        "blank": R.render([], (300, 260)),
+    }
+
+
+@pytest.fixture(scope="module")
+def pages():
+    """name -> (PNG bytes, rapidocr's texts, quadrilaterals)."""
+    engine = R.rapidocr()
+    found = {}
+    for name, image in _pages().items():
+        data = R.png(image)
+        texts, quads, _ = R.read(engine, data)
+        found[name] = (data, texts, quads)
+    assert found["blank"][1] == [] and all(found[n][1] for n in ("letter", "tilted", "upside"))
+    return found
+
+
+def _pipeline(repository, name, **changes):
+    """A copy of the shipped `ocr` pipeline; `changes` replace keys of its steps' regions
+    (`recognize={"max_regions": 2}`) or its steps' models (`models={"recognize": "../x"}`)."""
+    folder = repository / name
+    shutil.copytree(MODEL_REPOSITORY / "ocr", folder)
+    path = folder / "model-settings.json"
+    settings = json.loads(path.read_text())
+    settings["name"] = name
+    for step in settings["parameters"]["extra"]["steps"]:
+        step["model"] = changes.get("models", {}).get(step["name"], step["model"])
+        step.get("regions", {}).update(changes.get(step["name"], {}))
+    path.write_text(json.dumps(settings, indent=2))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ocr")
+    repository = copy_repository(root / "repo", models=OCR_MODELS)
+    # two sessions and the plugin's batcher on the recognizer and the detector
+    copy_model(repository / "ocr-rec", repository, "ocr-rec-2",
+               {"sessions": 2, "batching": {"max_batch_size": 12, "max_delay_ms": 5}})
+    copy_model(repository / "ocr-det", repository, "ocr-det-2",
+               {"sessions": 2, "batching": {"max_batch_size": 2, "max_delay_ms": 5}})
+    _pipeline(repository, "ocr-batched",
+              models={"detect": "../ocr-det-2", "recognize": "../ocr-rec-2"})
+    # two sessions without a batcher: the groups of one request (one per image, here) run on
+    # both
+    copy_model(repository / "ocr-rec", repository, "ocr-rec-s2", {"sessions": 2})
+    _pipeline(repository, "ocr-fanout", models={"recognize": "../ocr-rec-s2"})
+    _pipeline(repository, "ocr-capped", recognize={"max_regions": 2})
+    running = Server.start(repository, root)
+    running.root = root
+    yield running
+    running.stop()
+
+
+def _image_input(files, name="image"):
+    return {"name": name, "shape": [len(files)], "datatype": "BYTES",
+            "data": [base64.b64encode(f).decode() for f in files]}
+
+
+def _rest(live, model, files, outputs=None):
+    response = live.infer(model, [_image_input(files)], outputs)
+    assert response.status_code == 200, response.text
+    return {o["name"]: o for o in response.json()["outputs"]}
+
+
+def _lines(outputs, index, decode=lambda v: v):
+    """The texts and quadrilaterals of image `index` of a response."""
+    count = outputs["num_texts"]["data"][index]
+    width = outputs["text"]["shape"][1]
+    texts = [decode(t) for t in outputs["text"]["data"][index * width : index * width + count]]
+    boxes = np.array(outputs["text_boxes"]["data"], np.float32).reshape(
+        outputs["text_boxes"]["shape"]
+    )
+    return texts, boxes[index, :count]
+
+
+def _check(outputs, names, pages, decode=lambda v: v):
+    assert outputs["num_texts"]["data"] == [len(pages[n][1]) for n in names]
+    assert outputs["text"]["shape"] == [len(names), max(len(pages[n][1]) for n in names)]
+    for index, name in enumerate(names):
+        texts, quads = _lines(outputs, index, decode)
+        problem = R.match_lines(texts, quads, pages[name][1], pages[name][2])
+        assert problem is None, f"{name}: {problem}"
+        joined = decode(outputs["full_text"]["data"][index])
+        assert joined == "\n".join(pages[name][1])
+
+
+def test_reads_what_rapidocr_reads_in_one_batch_of_images_over_rest(live, pages):
+    names = ["letter", "blank", "upside", "tilted"]  # of different sizes
+    outputs = _rest(live, "ocr", [pages[n][0] for n in names])
+    _check(outputs, names, pages)
+    scores = np.array(outputs["text_scores"]["data"]).reshape(outputs["text_scores"]["shape"])
+    assert np.all(scores[outputs["num_texts"]["data"][0]:] >= 0) and scores[0, 0] > 0.5
+
+
+def test_reads_the_same_over_grpc_with_sessions_and_the_batcher(live, pages):
+    names = ["tilted", "letter", "upside"]
+    call = {"op": "infer", "model": "ocr-batched",
+            "inputs": [_image_input([pages[n][0] for n in names])]}
+    results = grpc_calls(live.grpc_target, [call, {**call, "inputs": [_image_input(
+        [pages["blank"][0], pages["letter"][0]])]}])
+    first, second = (r["ok"]["outputs"] for r in results)
+    text = lambda v: base64.b64decode(v).decode()  # noqa: E731 (gRPC BYTES come as base64)
+    _check(first, names, pages, text)
+    _check(second, ["blank", "letter"], pages, text)
+
+
+def test_concurrent_requests_through_the_batcher_each_get_their_own_lines(live, pages):
+    names = ["letter", "upside", "tilted"]
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(
+            lambda n: live.http.post("/v2/models/ocr-batched/infer",
+                                     json={"inputs": [_image_input([pages[n][0]])]}),
+            names,
+        ))
+    for name, reply in zip(names, replies):
+        assert reply.status_code == 200, reply.text
+        _check({o["name"]: o for o in reply.json()["outputs"]}, [name], pages)
+
+
+def test_the_regions_of_one_request_fan_out_over_both_sessions(live, pages):
+    before = live.session_runs("ocr-fanout.recognize")
+    names = ["letter", "upside"]
+    _check(_rest(live, "ocr-fanout", [pages[n][0] for n in names]), names, pages)
+    after = live.session_runs("ocr-fanout.recognize")
+    used = {s for s in after if after[s] > before.get(s, 0)}
+    assert used == {"0", "1"}, (before, after)
+
+
+def test_an_image_without_text_runs_no_recognizer(live, pages):
+    before = sum(live.session_runs("ocr.recognize").values())
+    outputs = _rest(live, "ocr", [pages["blank"][0]])
+    assert outputs["num_texts"]["data"] == [0]
+    assert outputs["text"]["shape"] == [1, 0] and outputs["text_boxes"]["shape"] == [1, 0, 4, 2]
+    assert outputs["full_text"]["data"] == [""]
+    assert sum(live.session_runs("ocr.recognize").values()) == before
+
+
+def test_the_lines_drawn_on_the_image(live, pages):
+    data, texts, quads = pages["letter"]
+    outputs = _rest(live, "ocr", [data], [{"name": "text_boxes",
+                                            "parameters": {"content_type": "image"}},
+                                           {"name": "text"}])
+    drawn = Image.open(io.BytesIO(base64.b64decode(outputs["text_boxes"]["data"][0])))
+    original = Image.open(io.BytesIO(data)).convert("RGB")
+    assert drawn.size == original.size
+    changed = np.any(np.asarray(drawn.convert("RGB")) != np.asarray(original), axis=2)
+    x, y = int(quads[0][0][0]), int(quads[0][0][1])
+    assert changed[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3].any()  # the outline's corner
+    assert changed.mean() < 0.2
+    assert outputs["text"]["data"] == texts
+
+
+def test_more_regions_than_allowed_is_a_400_naming_the_step(live, pages):
+    response = live.infer("ocr-capped", [_image_input([pages["letter"][0]])])
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert "step 'orient'" in message or "step 'recognize'" in message
+    assert "regions.max_regions (2)" in message and "image 0 has 4 regions" in message
+
+
+def test_a_bad_image_is_a_400_naming_the_step_and_the_image(live, pages):
+    response = live.infer("ocr", [_image_input([pages["blank"][0], b"not an image"])])
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert "step 'detect'" in message and "batch index 1: not a decodable image" in message
+
+
+def test_a_bad_dictionary_fails_the_load_naming_it(live):
+    repository = live.repository
+    copy_model(repository / "ocr-rec", repository, "ocr-rec-short",
+               {"postprocess": {"type": "ctc", "dictionary": "short.txt"}})
+    (repository / "ocr-rec-short" / "short.txt").write_text("a\nb\nc\n")
+    live.assert_load_fails("ocr-rec-short", [
+        "short.txt' gives 5 classes (3 characters, a space and the blank)",
+        "the model outputs 6625",
+    ])
+    copy_model(repository / "ocr-rec", repository, "ocr-rec-missing",
+               {"postprocess": {"type": "ctc", "dictionary": "missing.txt"}})
+    live.assert_load_fails("ocr-rec-missing", ["missing.txt' cannot be read"])
+    assert live.http.get("/v2/models/ocr/ready").status_code == 200
