@@ -36,6 +36,9 @@ setup(
         "filelock>=3.13",
         # image codec and preprocessing (ImageOps.exif_transpose(in_place=...) is 9.4+)
         "pillow>=9.4",
+        # detection NMS (cv2.dnn.NMSBoxes), letterbox and OpenCV resampling; the headless
+        # build, which has no GUI libraries to install
+        "opencv-python-headless>=4.7",
     ],
     extras_require={
         "test": [

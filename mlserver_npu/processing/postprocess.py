@@ -131,9 +131,10 @@ def registry() -> Dict[str, Type[Postprocess]]:
     """Postprocess types by their `type` name."""
     from .classification import Classification
     from .ctc import CTC
+    from .detection import Detection
     from .text_detection import TextDetection
 
-    types = (Classification, TextDetection, CTC)
+    types = (Classification, Detection, TextDetection, CTC)
     return {cls.Settings.model_fields["type"].annotation.__args__[0]: cls for cls in types}
 
 

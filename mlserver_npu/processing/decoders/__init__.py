@@ -1,0 +1,48 @@
+"""Detection decoders, one per output layout, by the `type` a model-settings `decoder` names."""
+from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
+
+from pydantic import ValidationError
+
+from ...backends import TensorSpec
+from ...errors import ConfigurationError
+from .base import Candidates, Decoder, Size
+from .yolov8 import YOLOv8Decoder
+
+DECODERS: Dict[str, Type[Decoder]] = {
+    "yolov8": YOLOv8Decoder,
+    "yolo11": YOLOv8Decoder,
+    "yolov11": YOLOv8Decoder,
+}
+
+
+def create_decoder(
+    config: Union[str, Mapping[str, Any]],
+    outputs: Sequence[TensorSpec],
+    input_size: Optional[Size] = None,
+) -> Decoder:
+    """The decoder a model-settings `decoder` value names (`"yolov8"` or `{"type": ...}`),
+    checked against the model's outputs; `ConfigurationError` naming the key otherwise."""
+    if isinstance(config, str):
+        config = {"type": config}
+    if not isinstance(config, Mapping):
+        raise ConfigurationError(
+            f"decoder must be a name or an object with a 'type', not {type(config).__name__}"
+        )
+    kind = config.get("type")
+    if kind not in DECODERS:
+        raise ConfigurationError(
+            f"decoder type {kind!r} is not known; known: {', '.join(sorted(DECODERS))}"
+        )
+    cls = DECODERS[kind]
+    try:
+        settings = cls.Settings.model_validate(dict(config))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"decoder.{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        raise ConfigurationError(problems) from None
+    return cls(settings, outputs, input_size)
+
+
+__all__ = ["Candidates", "DECODERS", "Decoder", "Size", "create_decoder"]
