@@ -17,7 +17,10 @@ so that ``mlserver start model-repository`` serves them offline.
 * ``ocr``: the pipeline: detect, crop every line, orient, recognize, in one request.
 
 It also renders ``examples/images/ocr-page.png`` (ten lines of text in DejaVu fonts, which
-matplotlib's wheel ships). Running it twice gives identical files.
+matplotlib's wheel ships), and writes ``digits-crops``, the same region step in a "detect, then
+classify each object" pipeline: ``digits-detector`` (examples/make_detection_models.py) finds
+the digits on a canvas, ``digits-image`` classifies each crop. Running it twice gives
+identical files.
 """
 import hashlib
 import json
@@ -108,6 +111,22 @@ PIPELINE = {
     },
 }
 
+DIGITS_CROPS = {
+    "steps": [
+        {"name": "detect", "model": "../digits-detector", "inputs": {"images": "inputs.image"}},
+        {"name": "classify", "model": "../digits-image",
+         "regions": {"image": "inputs.image", "boxes": "detect.outputs.detection_boxes",
+                     "count": "detect.outputs.num_detections", "height": 8, "width": 8,
+                     "resample": "cv2_area", "upright_ratio": None}},
+    ],
+    "outputs": {
+        "digits": "classify.outputs.label",
+        "probabilities": "classify.outputs.probabilities",
+        "boxes": "classify.outputs.detection_boxes",
+        "count": "classify.outputs.num_detections",
+    },
+}
+
 PAGE = [
     ("Quarterly report, third edition", "DejaVuSerif-Bold.ttf", 34),
     ("Prepared for the board on 14 March 2026", "DejaVuSans.ttf", 24),
@@ -194,6 +213,17 @@ def main() -> None:
         "text lines, `orient` (../ocr-cls) tells upside-down lines, `recognize` (../ocr-rec) "
         "reads every line of every image of the request as one batch. See docs/ocr.md.\n"
         "Models: PaddleOCR PP-OCRv4 via rapidocr-onnxruntime 1.4.4, Apache License 2.0.\n"
+    )
+    crops = REPO / "digits-crops"
+    crops.mkdir(exist_ok=True)
+    write_settings(crops, "digits-crops", "mlserver_npu.Pipeline", DIGITS_CROPS)
+    (crops / "README.md").write_text(
+        "# digits-crops\n\nDetect, then classify each object: `detect` (../digits-detector) "
+        "finds the handwritten digits on a canvas, `classify` (../digits-image) reads every "
+        "digit it found, cut from the client's image, all crops of all images of the request "
+        "as one batch; the outputs come back per image (`digits` [images, K], `boxes` [images, "
+        "K, 4], `count` [images]). Made by `python examples/make_ocr_models.py`; see "
+        "docs/ocr.md.\n"
     )
     IMAGES.mkdir(parents=True, exist_ok=True)
     page().save(IMAGES / "ocr-page.png", optimize=True)

@@ -18,7 +18,7 @@ from .metrics import stage
 from .processing.postprocess import Postprocess, RequestContext
 from .processing.preprocess import Preprocessor
 from .processing.regions import (
-    RegionsSettings, as_quads, cut, feed, groups, region_counts, regroup,
+    INTERPOLATION, RegionsSettings, as_quads, cut, feed, groups, region_counts, regroup,
 )
 from .stages import ModelStages, stack_rows
 
@@ -115,15 +115,24 @@ class FanOut:
             )
         self.boxes_spec = boxes
         preprocessor = stages.input_decoder([self.input]).preprocessor(self.input)
-        if not isinstance(preprocessor, Preprocessor) or preprocessor.reshape is not None:
-            raise ConfigurationError(
-                f"regions feed image inputs ([N, C, H, W] or [N, H, W, C]); input "
-                f"'{self.input}' is {spec.v2_shape}: {preprocessor}"
-            )
+        if not isinstance(preprocessor, Preprocessor):
+            raise ConfigurationError(f"input '{self.input}' cannot take regions: {preprocessor}")
         self.preprocessor = preprocessor
-        axes = (2, 3) if preprocessor.layout == "NCHW" else (1, 2)
-        self.height = settings.height or spec.shape[axes[0]]
-        self.width = settings.width or spec.shape[axes[1]]
+        if preprocessor.reshape is None:
+            axes = (2, 3) if preprocessor.layout == "NCHW" else (1, 2)
+            self.height = settings.height or spec.shape[axes[0]]
+            self.width = settings.width or spec.shape[axes[1]]
+        else:  # e.g. the 8x8 digits as [N, 64]: the regions' size is the settings'
+            self.height, self.width = settings.height, settings.width
+            channels = 1 if preprocessor.mode == "L" else 3
+            if self.height is None or self.width is None or (
+                self.height * self.width * channels != int(np.prod(preprocessor.reshape))
+            ):
+                raise ConfigurationError(
+                    f"input '{self.input}' is {spec.v2_shape}: set regions.height and "
+                    f"regions.width so that height x width x {channels} channel(s) = "
+                    f"{int(np.prod(preprocessor.reshape))}"
+                )
         if self.height is None:
             raise ConfigurationError(
                 f"input '{self.input}' has a dynamic height: set regions.height"
@@ -174,11 +183,15 @@ class FanOut:
 
     def _feed(self, regions: List[np.ndarray]) -> np.ndarray:
         """Regions as the model input's batch: resized, normalized, padded, laid out."""
-        batch = feed(regions, self.height, self.width, self.settings.min_width,
-                     self._normalize, self.settings.width_multiple)
+        settings = self.settings
+        batch = feed(regions, self.height, self.width, settings.min_width, self._normalize,
+                     settings.width_multiple, INTERPOLATION[settings.resample])
         if self.preprocessor.layout == "NCHW":
             batch = batch.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(batch.astype(self.preprocessor.dtype, copy=False))
+        batch = batch.astype(self.preprocessor.dtype, copy=False)
+        if self.preprocessor.reshape is not None:
+            batch = batch.reshape([len(batch), *self.preprocessor.reshape])
+        return np.ascontiguousarray(batch)
 
     def _normalize(self, batch: np.ndarray) -> np.ndarray:
         for op in self.preprocessor.arrays:

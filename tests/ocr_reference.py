@@ -5,6 +5,7 @@ environment: its wheel is fetched with `pip download --no-deps` into a cache fol
 and imported from there (its other dependencies, pyclipper, shapely, pyyaml and six, are in
 the `test` extra).
 """
+import functools
 import io
 import os
 import subprocess
@@ -37,6 +38,7 @@ def rapidocr_package() -> Path:
     return target
 
 
+@functools.lru_cache(maxsize=None)
 def rapidocr():
     """A RapidOCR engine (import from the unpacked wheel)."""
     path = str(rapidocr_package())
@@ -47,9 +49,16 @@ def rapidocr():
     return RapidOCR()
 
 
-def read(engine, data: bytes) -> Tuple[List[str], np.ndarray, List[float]]:
-    """rapidocr's lines of an encoded image: texts, quadrilaterals [K, 4, 2], scores."""
-    result, _ = engine(data)
+def read(engine, data: bytes, **options) -> Tuple[List[str], np.ndarray, List[float]]:
+    """rapidocr's lines of an encoded image: texts, quadrilaterals [K, 4, 2], scores
+    (`options`: RapidOCR's per-call ones, e.g. text_score)."""
+    # RapidOCR keeps per-call options as its own settings: put them back afterwards
+    det = engine.text_det.postprocess_op
+    saved = engine.text_score, det.box_thresh, det.unclip_ratio
+    try:
+        result, _ = engine(data, **options)
+    finally:
+        engine.text_score, det.box_thresh, det.unclip_ratio = saved
     if not result:
         return [], np.zeros((0, 4, 2), np.float32), []
     return (

@@ -16,13 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cv2
 import ocr_reference as R
-from server import MODEL_REPOSITORY, Server, copy_model, copy_repository, grpc_calls
+import reference
+from server import MODEL_REPOSITORY, REPO, Server, copy_model, copy_repository, grpc_calls
 
 SANS, BOLD, SERIF, MONO = (
     "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf"
 )
 OCR_MODELS = ["ocr", "ocr-det", "ocr-rec", "ocr-cls"]
+STRICT = 0.99  # a text score some lines of `letter` miss
+DIGITS_MODELS = ["digits", "digits-image", "digits-detector", "digits-crops"]
 
 
 def _pages():
@@ -70,7 +74,7 @@ def _pipeline(repository, name, **changes):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("ocr")
-    repository = copy_repository(root / "repo", models=OCR_MODELS)
+    repository = copy_repository(root / "repo", models=OCR_MODELS + DIGITS_MODELS)
     # two sessions and the plugin's batcher on the recognizer and the detector
     copy_model(repository / "ocr-rec", repository, "ocr-rec-2",
                {"sessions": 2, "batching": {"max_batch_size": 12, "max_delay_ms": 5}})
@@ -83,6 +87,8 @@ def live(tmp_path_factory):
     copy_model(repository / "ocr-rec", repository, "ocr-rec-s2", {"sessions": 2})
     _pipeline(repository, "ocr-fanout", models={"recognize": "../ocr-rec-s2"})
     _pipeline(repository, "ocr-capped", recognize={"max_regions": 2})
+    _pipeline(repository, "ocr-strict", recognize={"keep": {"output": "text_scores",
+                                                            "threshold": STRICT}})
     running = Server.start(repository, root)
     running.root = root
     yield running
@@ -188,6 +194,31 @@ def test_the_lines_drawn_on_the_image(live, pages):
     assert outputs["text"]["data"] == texts
 
 
+def test_lines_under_the_text_score_are_dropped_as_rapidocr_does(live, pages):
+    data = pages["letter"][0]
+    texts, quads, _ = R.read(R.rapidocr(), data, text_score=STRICT)
+    assert 0 < len(texts) < len(pages["letter"][1])
+    _check(_rest(live, "ocr-strict", [data]), ["strict"], {"strict": (data, texts, quads)})
+
+
+def test_the_detector_alone_and_its_per_request_threshold(live, pages):
+    """ocr-det served alone: rapidocr's boxes; `box_threshold` in the request parameters keeps
+    fewer; a threshold out of range is a 400 naming it."""
+    data, texts, quads = pages["tilted"]
+    body = {"inputs": [_image_input([data], "x")]}
+    outputs = {o["name"]: o for o in live.http.post("/v2/models/ocr-det/infer", json=body).json()["outputs"]}
+    found = np.array(outputs["text_boxes"]["data"], np.float32).reshape(-1, 4, 2)
+    assert outputs["num_texts"]["data"] == [len(quads)]
+    assert all(R.iou(a, b) >= 0.9 for a, b in zip(found, quads))
+    scores = outputs["text_scores"]["data"]
+    strict = live.http.post("/v2/models/ocr-det/infer", json={
+        **body, "parameters": {"box_threshold": (min(scores) + max(scores)) / 2}}).json()
+    assert 0 < {o["name"]: o for o in strict["outputs"]}["num_texts"]["data"][0] < len(quads)
+    wrong = live.http.post("/v2/models/ocr-det/infer",
+                           json={**body, "parameters": {"box_threshold": 2}})
+    assert wrong.status_code == 400 and "parameter 'box_threshold'" in wrong.json()["error"]
+
+
 def test_more_regions_than_allowed_is_a_400_naming_the_step(live, pages):
     response = live.infer("ocr-capped", [_image_input([pages["letter"][0]])])
     assert response.status_code == 400, response.text
@@ -216,3 +247,92 @@ def test_a_bad_dictionary_fails_the_load_naming_it(live):
                {"postprocess": {"type": "ctc", "dictionary": "missing.txt"}})
     live.assert_load_fails("ocr-rec-missing", ["missing.txt' cannot be read"])
     assert live.http.get("/v2/models/ocr/ready").status_code == 200
+
+
+def _digit_labels(image: Image.Image, boxes: np.ndarray) -> list:
+    """The `digits` model on each box of a grayscale canvas, cut and prepared by hand: the box
+    to whole pixels, 8x8 by area, 0..16 (what digits-image does to a whole image)."""
+    pixels = np.asarray(image.convert("L"))
+    rows = []
+    for x1, y1, x2, y2 in np.round(boxes).astype(int):
+        cell = cv2.resize(pixels[y1:y2, x1:x2], (8, 8), interpolation=cv2.INTER_AREA)
+        rows.append(cell.astype(np.float32).reshape(64) * 16 / 255)
+    scores = reference.run("digits", {"input": np.array(rows, np.float32)})["probabilities"]
+    return scores.argmax(axis=1).tolist()
+
+
+def test_detect_then_classify_each_object(live):
+    """digits-crops: the digits detector's boxes cut from the client's images and classified
+    by digits-image as one batch, per image: the labels of the crops made by hand, and the
+    digits the canvas holds."""
+    canvas = Image.open(REPO / "examples" / "images" / "digits-canvas.png")
+    half = canvas.crop((0, 0, canvas.width, canvas.height // 2))  # fewer digits, other size
+    files = [R.png(canvas), R.png(half)]
+    outputs = _rest(live, "digits-crops", files)
+    counts = outputs["count"]["data"]
+    assert counts[0] == 9 and 0 < counts[1] < 9
+    width = outputs["digits"]["shape"][1]
+    boxes = np.array(outputs["boxes"]["data"], np.float32).reshape(outputs["boxes"]["shape"])
+    for index, image in enumerate([canvas, half]):
+        found = outputs["digits"]["data"][index * width : index * width + counts[index]]
+        assert found == _digit_labels(image, boxes[index, : counts[index]])
+    assert sorted(outputs["digits"]["data"][: counts[0]]) == sorted([8, 2, 0, 8, 7, 3, 6, 0, 2])
+
+
+def _rapidocr_module(name):
+    import importlib
+
+    R.rapidocr()  # puts the unpacked wheel on sys.path
+    return importlib.import_module(name)
+
+
+def test_ctc_decoding_equals_paddleocrs(tmp_path):
+    """The `ctc` core on the recognizer's dictionary (its metadata, and the same as a file)
+    against rapidocr's CTCLabelDecode, on probabilities with repeats and blanks."""
+    from mlserver_npu.processing.ctc import CTCDecoder, CTCSettings
+
+    rec = reference.session(MODEL_REPOSITORY / "ocr-rec" / "model.onnx")
+    character = rec.get_modelmeta().custom_metadata_map["character"]
+    rng = np.random.default_rng(0)
+    best = rng.choice([0, 0, 0, 5, 5, 17, 300, 6624], size=(6, 40))  # blanks, repeats, space
+    probabilities = rng.random((6, 40, 6625), dtype=np.float32) * 0.1
+    probabilities[np.arange(6)[:, None], np.arange(40)[None], best] = 0.9
+    probabilities[5] = 0  # a row of ties: argmax picks the blank
+    theirs = _rapidocr_module("rapidocr_onnxruntime.ch_ppocr_rec.utils").CTCLabelDecode(
+        character=character.splitlines()
+    )(probabilities)
+    (tmp_path / "keys.txt").write_text(character + "\n", encoding="utf-8")
+    for settings in ({}, {"dictionary": "keys.txt"}):
+        decoder = CTCDecoder.build(
+            CTCSettings(type="ctc", **settings), 6625, {"character": character},
+            lambda path: tmp_path / path,
+        )
+        texts, scores = decoder.decode(probabilities)
+        assert [t.decode() for t in texts] == [text for text, _ in theirs]
+        np.testing.assert_allclose(scores, [score for _, score in theirs], rtol=1e-6)
+    assert texts[5] == b"" and scores[5] == 0
+
+
+def test_text_detection_equals_paddleocrs_db_postprocess(pages):
+    """The `text_detection` core on the detector's own probability map of a page against
+    rapidocr's DBPostProcess and box filter: the same quadrilaterals."""
+    from mlserver_npu.processing.text_detection import (
+        TextDetectionSettings, db_boxes, finish_quads,
+    )
+
+    utils = _rapidocr_module("rapidocr_onnxruntime.ch_ppocr_det.utils")
+    image = cv2.imdecode(np.frombuffer(pages["tilted"][0], np.uint8), cv2.IMREAD_COLOR)
+    tensor = utils.DetPreProcess(736, "min")(image)
+    det = reference.session(MODEL_REPOSITORY / "ocr-det" / "model.onnx")
+    probability = det.run(None, {"x": tensor})[0]
+    theirs, their_scores = utils.DBPostProcess(0.3, 0.5, 1000, 1.6, use_dilation=True)(
+        probability, image.shape[:2]
+    )
+    quads, scores = db_boxes(probability[0, 0], TextDetectionSettings(type="text_detection"))
+    height, width = image.shape[:2]
+    ratio = np.float32([width / probability.shape[3], height / probability.shape[2]])
+    quads, scores = finish_quads(quads * ratio, scores, (width, height))
+    assert len(quads) == len(theirs) > 0
+    np.testing.assert_allclose(scores, their_scores, rtol=1e-6)
+    for quad, their in zip(quads, theirs):
+        assert R.iou(quad, their) > 0.97  # theirs before PaddleOCR's last clip and ordering

@@ -7,7 +7,7 @@ models were trained with: a bicubic warp with replicated borders, OpenCV's bilin
 width rounded up and capped at the batch width, padding after normalization (zeros).
 """
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -66,10 +66,22 @@ def batch_width(
     return -(-int(height * ratio) // multiple) * multiple
 
 
-def resized(region: np.ndarray, height: int, width: int) -> np.ndarray:
+INTERPOLATION = {
+    "cv2_nearest": cv2.INTER_NEAREST,
+    "cv2_linear": cv2.INTER_LINEAR,
+    "cv2_area": cv2.INTER_AREA,
+    "cv2_cubic": cv2.INTER_CUBIC,
+}
+
+
+def resized(
+    region: np.ndarray, height: int, width: int, interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
     """The region at `height` keeping its aspect ratio, its width rounded up, at most `width`."""
     scaled = math.ceil(height * region.shape[1] / region.shape[0])
-    return cv2.resize(np.ascontiguousarray(region), (min(scaled, width), height))
+    return cv2.resize(
+        np.ascontiguousarray(region), (min(scaled, width), height), interpolation=interpolation
+    )
 
 
 def pad_width(batch: List[np.ndarray], width: int) -> np.ndarray:
@@ -104,13 +116,14 @@ def feed(
     min_width: int,
     normalize: Callable[[np.ndarray], np.ndarray],
     multiple: int = 1,
+    interpolation: int = cv2.INTER_LINEAR,
 ) -> np.ndarray:
     """The regions as one [N, height, W, C] float32 batch: each resized keeping its aspect
     ratio, `normalize`d ([1, h, w, C] float32 -> same), then padded with zeros to W."""
     target = batch_width(regions, height, width, min_width, multiple)
     batch = []
     for region in regions:
-        array = resized(region, height, target)
+        array = resized(region, height, target, interpolation)
         if array.ndim == 2:
             array = array[:, :, np.newaxis]
         batch.append(normalize(array[np.newaxis].astype(np.float32))[0])
@@ -172,6 +185,9 @@ class RegionsSettings(BaseModel):
     width_multiple: PositiveInt = Field(
         1, description="a batch width that follows the regions is rounded up to a multiple of "
         "this, so that the plugin's batcher can merge the regions of concurrent requests"
+    )
+    resample: Literal[tuple(INTERPOLATION)] = Field(  # type: ignore[valid-type]
+        "cv2_linear", description="OpenCV's interpolation for the resize to the model's height"
     )
     upright_ratio: Optional[float] = Field(
         1.5, gt=0, description="turn regions at least this much taller than wide (null: never)"
