@@ -41,6 +41,9 @@ def _pages():
         "upside": R.render([("Handle with care", BOLD, 30), ("This side up", SANS, 26)],
                            (380, 300), origin=(40, 80)).rotate(180),
         "blank": R.render([], (300, 260)),
+        # text against the right edge: what padding on the right would change
+        "edge": R.render([("Exit 24", BOLD, 34), ("north gate", SANS, 28)], (360, 300),
+                         origin=(214, 60)),
     }
 
 
@@ -217,6 +220,22 @@ def test_the_detector_alone_and_its_per_request_threshold(live, pages):
     wrong = live.http.post("/v2/models/ocr-det/infer",
                            json={**body, "parameters": {"box_threshold": 2}})
     assert wrong.status_code == 400 and "parameter 'box_threshold'" in wrong.json()["error"]
+    # images of different sizes in one request run one by one at their own size: the same
+    # scores as alone (padding them into one batch would change what the model sees)
+    def detect(files):
+        reply = live.http.post("/v2/models/ocr-det/infer",
+                               json={"inputs": [_image_input(files, "x")]})
+        return {o["name"]: o for o in reply.json()["outputs"]}
+
+    alone = detect([pages["edge"][0]])
+    both = detect([pages["letter"][0], pages["edge"][0]])  # edge is the narrower at 736 high
+    count = alone["num_texts"]["data"][0]
+    assert both["num_texts"]["data"][1] == count > 0
+    width = both["text_scores"]["shape"][1]
+    np.testing.assert_allclose(
+        both["text_scores"]["data"][width : width + count], alone["text_scores"]["data"],
+        rtol=1e-6,
+    )
 
 
 def test_more_regions_than_allowed_is_a_400_naming_the_step(live, pages):
