@@ -52,10 +52,13 @@ NORMALIZE = [
     {"op": "normalize", "mean": 0.5, "std": 0.5},
 ]
 THREADS = {"intra_op_threads": 1}
+# two sessions of one thread each on the two heavy models: concurrent requests (and the
+# groups of one request's lines) use two cores
+TWO_SESSIONS = {"options": THREADS, "sessions": 2}
 
 SETTINGS = {
     "ocr-det": {
-        "options": THREADS,
+        **TWO_SESSIONS,
         # PaddleOCR's DetResizeForTest as rapidocr runs it: the shorter side up to 736 (never
         # down), both sides rounded to a multiple of 32
         "preprocess": [
@@ -67,7 +70,7 @@ SETTINGS = {
         "postprocess": {"type": "text_detection"},
     },
     "ocr-rec": {
-        "options": THREADS,
+        **TWO_SESSIONS,
         # served alone: one text line image, 48 pixels high, its width following
         "preprocess": [
             {"op": "convert", "mode": "BGR"},
