@@ -38,7 +38,9 @@ def spec_of(tensor: MetadataTensor) -> TensorSpec:
     )
 
 
-def post_specs(posts: Sequence[Postprocess], model_outputs: Sequence[TensorSpec]) -> List[TensorSpec]:
+def post_specs(
+    posts: Sequence[Postprocess], model_outputs: Sequence[TensorSpec]
+) -> List[TensorSpec]:
     """The outputs a step's postprocesses add to its model's (those of other names)."""
     taken = {spec.name for spec in model_outputs}
     return [
@@ -96,10 +98,6 @@ class FanOut:
             raise ConfigurationError(
                 f"regions.input '{settings.input}' is not an input of its model; the model's "
                 f"inputs are: {', '.join(names)}"
-            )
-        if len(inputs) != 1 and settings.input is None:
-            raise ConfigurationError(
-                f"its model has several inputs ({', '.join(names)}): set regions.input"
             )
         if len(inputs) != 1:
             raise ConfigurationError(
@@ -168,7 +166,8 @@ class FanOut:
         specs = [
             TensorSpec(s.name, s.dtype, [None, None, *s.shape[1:]]) for s in self.row_specs
         ]
-        specs.append(TensorSpec(kept, np.dtype(np.float32), [None, None, *self.boxes_spec.shape[2:]]))
+        boxes = [None, None, *self.boxes_spec.shape[2:]]
+        specs.append(TensorSpec(kept, np.dtype(np.float32), boxes))
         specs.append(TensorSpec(count, np.dtype(np.int32), [None]))
         if self.settings.join is not None:
             specs.append(TensorSpec(self.settings.join.name, np.dtype(object), [None]))

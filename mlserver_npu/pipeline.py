@@ -202,7 +202,9 @@ class Pipeline(ServedModel):
             outputs[step.name] = fan.specs()
         return outputs
 
-    def _drawable_outputs(self, config: PipelineSettings) -> Dict[str, Tuple[str, str, Optional[str]]]:
+    def _drawable_outputs(
+        self, config: PipelineSettings
+    ) -> Dict[str, Tuple[str, str, Optional[str]]]:
         """Pipeline outputs that are regions, and so can be drawn on the request's images
         (`content_type: image`): name -> (step, its count output, its text output)."""
         drawable = {}
@@ -286,7 +288,9 @@ class Pipeline(ServedModel):
             outputs = [drawn.get(name) or encoded[name] for name in names]
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
 
-    async def _decode_images(self, request_input: RequestInput, stages: ModelStages) -> List[Image.Image]:
+    async def _decode_images(
+        self, request_input: RequestInput, stages: ModelStages
+    ) -> List[Image.Image]:
         """The images of a pipeline input that no model step decodes (only regions take it)."""
         limit = stages.config.max_image_pixels or NPUEnvironment.from_env().max_image_pixels
         return await asyncio.to_thread(decode_images, request_input, limit)

@@ -274,7 +274,10 @@ class ModelStages:
             raise InferenceError(f"the model rejected the inputs: {error}") from error
 
     async def run_decoded(
-        self, decoder: InputDecoder, decoded: Decoded, extra: Optional[Mapping[str, np.ndarray]] = None
+        self,
+        decoder: InputDecoder,
+        decoded: Decoded,
+        extra: Optional[Mapping[str, np.ndarray]] = None,
     ) -> Dict[str, np.ndarray]:
         """Run a request's decoded feeds (and `extra` ones). Images of different sizes at a
         model of dynamic height and width run one by one at their own size, concurrently (the

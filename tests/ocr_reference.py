@@ -18,7 +18,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 RAPIDOCR = "rapidocr-onnxruntime==1.4.4"
-CACHE = Path(os.environ.get("MLSERVER_NPU_TEST_CACHE", Path.home() / ".cache" / "mlserver-npu-tests"))
+CACHE = Path(
+    os.environ.get("MLSERVER_NPU_TEST_CACHE", Path.home() / ".cache" / "mlserver-npu-tests")
+)
 
 
 def rapidocr_package() -> Path:

@@ -209,7 +209,8 @@ def test_the_detector_alone_and_its_per_request_threshold(live, pages):
     fewer; a threshold out of range is a 400 naming it."""
     data, texts, quads = pages["tilted"]
     body = {"inputs": [_image_input([data], "x")]}
-    outputs = {o["name"]: o for o in live.http.post("/v2/models/ocr-det/infer", json=body).json()["outputs"]}
+    reply = live.http.post("/v2/models/ocr-det/infer", json=body).json()
+    outputs = {o["name"]: o for o in reply["outputs"]}
     found = np.array(outputs["text_boxes"]["data"], np.float32).reshape(-1, 4, 2)
     assert outputs["num_texts"]["data"] == [len(quads)]
     assert all(R.iou(a, b) >= 0.9 for a, b in zip(found, quads))

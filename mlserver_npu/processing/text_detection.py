@@ -275,7 +275,7 @@ class TextDetection(Postprocess):
             found, score = db_boxes(probability, settings)
             if geometry is not None:
                 height, width = probability.shape
-                scale = np.float32([geometry.input_size[1] / width, geometry.input_size[0] / height])
+                scale = np.float32(geometry.input_size[::-1]) / np.float32([width, height])
                 found = geometry.to_original(found * scale)
                 size = geometry.original[::-1]
             else:
@@ -290,8 +290,12 @@ class TextDetection(Postprocess):
         count = np.array([len(q) for q in quads], np.int32)
         width = int(count.max(initial=0))
         return {
-            settings.boxes_output: pad_rows(quads, width) if quads else np.zeros((0, 0, 4, 2), np.float32),
-            settings.scores_output: pad_rows(scores, width) if scores else np.zeros((0, 0), np.float32),
+            settings.boxes_output: (
+                pad_rows(quads, width) if quads else np.zeros((0, 0, 4, 2), np.float32)
+            ),
+            settings.scores_output: (
+                pad_rows(scores, width) if scores else np.zeros((0, 0), np.float32)
+            ),
             settings.count_output: count,
         }
 
