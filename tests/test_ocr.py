@@ -85,13 +85,15 @@ def live(tmp_path_factory):
                {"sessions": 2, "batching": {"max_batch_size": 2, "max_delay_ms": 5}})
     _pipeline(repository, "ocr-batched",
               models={"detect": "../ocr-det-2", "recognize": "../ocr-rec-2"})
-    # two sessions without a batcher: the groups of one request (one per image, here) run on
-    # both
-    copy_model(repository / "ocr-rec", repository, "ocr-rec-s2", {"sessions": 2})
-    _pipeline(repository, "ocr-fanout", models={"recognize": "../ocr-rec-s2"})
-    _pipeline(repository, "ocr-capped", recognize={"max_regions": 2})
-    _pipeline(repository, "ocr-strict", recognize={"keep": {"output": "text_scores",
-                                                            "threshold": STRICT}})
+    # variants of the regions on one session per model (less to load)
+    for name in ("ocr-det", "ocr-rec"):
+        copy_model(repository / name, repository, f"{name}-1", {"sessions": 1})
+    one = {"detect": "../ocr-det-1", "recognize": "../ocr-rec-1"}
+    _pipeline(repository, "ocr-capped", models=one, recognize={"max_regions": 2})
+    _pipeline(repository, "ocr-truncated", models=one,
+              recognize={"max_regions": 2, "truncate": True})
+    _pipeline(repository, "ocr-strict", models=one,
+              recognize={"keep": {"output": "text_scores", "threshold": STRICT}})
     running = Server.start(repository, root)
     running.root = root
     yield running
@@ -165,10 +167,12 @@ def test_concurrent_requests_through_the_batcher_each_get_their_own_lines(live, 
 
 
 def test_the_regions_of_one_request_fan_out_over_both_sessions(live, pages):
-    before = live.session_runs("ocr-fanout.recognize")
+    """The shipped recognizer has two sessions: the groups of one request's lines (one per
+    image here) run on both at once."""
+    before = live.session_runs("ocr.recognize")
     names = ["letter", "upside"]
-    _check(_rest(live, "ocr-fanout", [pages[n][0] for n in names]), names, pages)
-    after = live.session_runs("ocr-fanout.recognize")
+    _check(_rest(live, "ocr", [pages[n][0] for n in names]), names, pages)
+    after = live.session_runs("ocr.recognize")
     used = {s for s in after if after[s] > before.get(s, 0)}
     assert used == {"0", "1"}, (before, after)
 
@@ -245,6 +249,11 @@ def test_more_regions_than_allowed_is_a_400_naming_the_step(live, pages):
     message = response.json()["error"]
     assert "step 'orient'" in message or "step 'recognize'" in message
     assert "regions.max_regions (2)" in message and "image 0 has 4 regions" in message
+
+
+def test_more_regions_than_allowed_are_cut_when_truncate_is_set(live, pages):
+    data, texts, quads = pages["letter"]
+    _check(_rest(live, "ocr-truncated", [data]), ["first"], {"first": (data, texts[:2], quads)})
 
 
 def test_a_bad_image_is_a_400_naming_the_step_and_the_image(live, pages):
