@@ -11,7 +11,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mlserver.errors import InferenceError
-from PIL import Image
 from mlserver.repository.load import load_model_settings
 from mlserver.types import (
     InferenceRequest,
@@ -23,6 +22,7 @@ from mlserver.types import (
     ResponseOutput,
 )
 from mlserver.utils import to_absolute_path
+from PIL import Image
 from pydantic import ValidationError
 
 from . import wire
