@@ -40,3 +40,53 @@ def top_k(scores: np.ndarray, labels: Sequence[str], k: int = 5) -> List[Tuple[s
     flat = scores.reshape(-1)
     best = np.argsort(flat)[::-1][:k]
     return [(labels[i], float(flat[i])) for i in best]
+
+
+# --- detection, as Ultralytics' ONNX Runtime example (examples/YOLOv8-ONNXRuntime) has
+# users write it: cv2 decode, letterbox, one session run, transpose, best class per anchor,
+# cv2.dnn.NMSBoxes, boxes back to the image ------------------------------------------------
+
+
+def letterbox(jpeg: bytes, size: int = 640) -> Tuple[np.ndarray, float, Tuple[float, float]]:
+    """The image resized into size x size keeping its aspect ratio, centred, padded with
+    114; NCHW float32 RGB /255; the ratio and the (left, top) padding to map boxes back."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    height, width = image.shape[:2]
+    ratio = min(size / height, size / width)
+    inner_w, inner_h = int(round(width * ratio)), int(round(height * ratio))
+    left, top = (size - inner_w) / 2, (size - inner_h) / 2
+    resized = cv2.resize(image, (inner_w, inner_h), interpolation=cv2.INTER_LINEAR)
+    canvas = cv2.copyMakeBorder(
+        resized, int(round(top - 0.1)), int(round(top + 0.1)), int(round(left - 0.1)),
+        int(round(left + 0.1)), cv2.BORDER_CONSTANT, value=(114, 114, 114),
+    )
+    tensor = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[None]
+    offset = (int(round(left - 0.1)), int(round(top - 0.1)))
+    return tensor.astype(np.float32) / 255.0, ratio, offset
+
+
+def yolov8_detections(output: np.ndarray, ratio: float, pad: Tuple[float, float],
+                      confidence: float = 0.25, iou: float = 0.45) -> List[dict]:
+    """[1, 4+C, N] -> [{"box": [x1, y1, x2, y2], "score", "class"}] in image pixels."""
+    import cv2
+
+    rows = output[0].T  # [N, 4+C]
+    scores = rows[:, 4:].max(axis=1)
+    keep = scores > confidence
+    rows, scores = rows[keep], scores[keep]
+    classes = rows[:, 4:].argmax(axis=1)
+    xywh = rows[:, :4].copy()
+    xywh[:, 0] = (xywh[:, 0] - xywh[:, 2] / 2 - pad[0]) / ratio
+    xywh[:, 1] = (xywh[:, 1] - xywh[:, 3] / 2 - pad[1]) / ratio
+    xywh[:, 2:] /= ratio
+    kept = cv2.dnn.NMSBoxesBatched(
+        xywh.tolist(), scores.tolist(), classes.tolist(), confidence, iou
+    )
+    return [
+        {"box": [float(x), float(y), float(x + w), float(y + h)], "score": float(scores[i]),
+         "class": int(classes[i])}
+        for i in np.asarray(kept, int).reshape(-1)
+        for x, y, w, h in [xywh[i]]
+    ]

@@ -5,7 +5,8 @@ README and most tutorials build one (an UploadFile endpoint for images, JSON for
         uvicorn bench.fastapi_app:app --port 8000 --no-access-log
 
 Each model entry: `path`, `threads` (intra-op threads, spinning off, like mlserver-npu) and,
-for image classification, `labels` (a text file, one label a line). Inference and
+for image classification, `labels` (a text file, one label a line). `/detect` runs a YOLOv8
+detector as Ultralytics' ONNX Runtime example does (bench/baseline.py). Inference and
 preprocessing run in a worker thread so the event loop keeps accepting requests.
 """
 import asyncio
@@ -17,7 +18,9 @@ import numpy as np
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from pydantic import BaseModel
 
-from bench.baseline import imagenet_preprocess, open_session, top_k
+from bench.baseline import (
+    imagenet_preprocess, letterbox, open_session, top_k, yolov8_detections,
+)
 
 
 class Tensor(BaseModel):
@@ -44,6 +47,11 @@ class Model:
     def classify(self, jpeg: bytes, k: int) -> List[Dict]:
         (scores,) = self.session.run(self.output_names[:1], {self.input_name: imagenet_preprocess(jpeg)})
         return [{"label": label, "score": score} for label, score in top_k(scores, self.labels, k)]
+
+    def detect(self, jpeg: bytes) -> List[Dict]:
+        tensor, ratio, pad = letterbox(jpeg)
+        (output,) = self.session.run(self.output_names[:1], {self.input_name: tensor})
+        return yolov8_detections(output, ratio, pad)
 
 
 MODELS = {
@@ -85,3 +93,10 @@ async def classify(name: str, image: UploadFile = File(...), k: int = 5) -> Dict
     model = _model(name)
     jpeg = await image.read()
     return {"predictions": await asyncio.to_thread(model.classify, jpeg, k)}
+
+
+@app.post("/models/{name}/detect")
+async def detect(name: str, image: UploadFile = File(...)) -> Dict:
+    model = _model(name)
+    jpeg = await image.read()
+    return {"detections": await asyncio.to_thread(model.detect, jpeg)}

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import psutil
 
-from .workloads import TARGETS, WORKLOADS, Workload, sample_jpeg
+from .workloads import TARGETS, WORKLOADS, Workload
 
 
 class Skip(Exception):
@@ -41,13 +41,22 @@ class RawClient:
     """onnxruntime itself: the same session settings, a thread per run, nothing else."""
 
     def __init__(self, workload: Workload, job: Dict[str, Any]):
-        from .baseline import imagenet_preprocess, open_session, top_k
+        from .baseline import (
+            imagenet_preprocess, letterbox, open_session, top_k, yolov8_detections,
+        )
 
         session = open_session(workload.model_file, job["threads"])
         names = [output.name for output in session.get_outputs()]
-        if workload.image:
+        if workload.detection:
+            jpeg = workload.jpeg()
+
+            def run() -> Any:
+                tensor, ratio, pad = letterbox(jpeg)
+                (output,) = session.run(names[:1], {workload.input_name: tensor})
+                return yolov8_detections(output, ratio, pad)
+        elif workload.image:
             labels = [f"class {i}" for i in range(1000)]
-            jpeg = sample_jpeg()
+            jpeg = workload.jpeg()
 
             def run() -> Any:
                 (scores,) = session.run(names[:1], {workload.input_name: imagenet_preprocess(jpeg)})
@@ -122,7 +131,7 @@ class GrpcClient:
         )
         if workload.image:
             tensor.parameters["content_type"].string_param = "image"
-            jpeg = sample_jpeg()
+            jpeg = workload.jpeg()
             raw = struct.pack("<I", len(jpeg)) + jpeg  # Triton's length-prefixed BYTES
         else:
             raw = workload.sample().tobytes()
@@ -159,8 +168,9 @@ def make_client(job: Dict[str, Any]):
     if protocol == "grpc":
         return GrpcClient(job["address"], model, workload)
     if protocol == "upload":
-        files = {"image": ("image.jpg", sample_jpeg(), "image/jpeg")}
-        return HttpClient(f"{job['address']}/models/{model}/classify", files=files)
+        files = {"image": ("image.jpg", workload.jpeg(), "image/jpeg")}
+        endpoint = "detect" if workload.detection else "classify"
+        return HttpClient(f"{job['address']}/models/{model}/{endpoint}", files=files)
     path = f"/v2/models/{model}/infer" if protocol == "rest" else f"/models/{model}/infer"
     return HttpClient(f"{job['address']}{path}", content=workload.v2_body(),
                       headers={"content-type": "application/json"})
@@ -172,6 +182,13 @@ def check_image_response(body: Dict[str, Any], k: int) -> None:
     if not any(o["datatype"] == "BYTES" and list(o["shape"]) == [1, k] for o in outputs):
         shapes = [(o["name"], o["datatype"], o["shape"]) for o in outputs]
         raise Skip(f"the server answered without BYTES [1, {k}] top-{k} labels: {shapes}")
+
+
+def check_detection_response(body: Dict[str, Any]) -> None:
+    """mlserver-npu must answer with boxes (`detection_boxes`), not the raw head."""
+    names = [o["name"] for o in body.get("outputs", [])]
+    if "detection_boxes" not in names:
+        raise Skip(f"the server answered without detection_boxes: {names}")
 
 
 async def measure(client: Any, concurrency: int, warmup: float,
@@ -234,7 +251,9 @@ async def run_job(job: Dict[str, Any]) -> None:
             first = await client.probe()
         except Exception as error:
             raise Skip(f"the first request failed: {error}") from None
-        if workload.image and target.server == "mlserver" and target.variant != "echo":
+        if workload.detection and target.server == "mlserver" and target.variant != "echo":
+            check_detection_response(first)
+        elif workload.image and target.server == "mlserver" and target.variant != "echo":
             check_image_response(first, workload.top_k)
         for concurrency in job["concurrency"]:
             point = await measure(client, concurrency, job["warmup"], job["duration"],

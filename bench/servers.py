@@ -60,7 +60,10 @@ def _model_settings(workload: Workload, target: Target, threads: int,
     name = target.model_name(workload)
     if target.variant == "echo":
         return {"name": name, "implementation": "bench.echo.EchoRuntime"}
-    settings = json.loads((workload.model_file.parent / "model-settings.json").read_text())
+    found = workload.model_file.parent / "model-settings.json"
+    settings = json.loads(found.read_text()) if found.is_file() else {
+        "implementation": "mlserver_npu.NPURuntime", "parameters": {"extra": {}},
+    }
     extra = settings["parameters"].setdefault("extra", {})
     extra.setdefault("options", {})["intra_op_threads"] = threads
     extra.update(workload.npu_extra(labels_file(workload, folder)))

@@ -6,6 +6,7 @@ server is one entry in WORKLOADS or TARGETS.
 """
 import base64
 import functools
+import importlib.util
 import io
 import json
 from dataclasses import dataclass
@@ -41,6 +42,20 @@ def sample_jpeg(width: int = 640, height: int = 480) -> bytes:
     return buffer.getvalue()
 
 
+@functools.lru_cache(maxsize=None)
+def sample_photo(width: int = 640, height: int = 480) -> bytes:
+    """A 640x480 JPEG photograph with a person in it (matplotlib's Grace Hopper, cropped to
+    4:3), so that a detector has something to find."""
+    import matplotlib.cbook
+
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    image = Image.open(path).convert("RGB")  # 512 x 600
+    crop = image.crop((0, 60, 512, 60 + 384)).resize((width, height), Image.BICUBIC)
+    buffer = io.BytesIO()
+    crop.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 @dataclass(frozen=True)
 class SimulatedDevice:
     """An NPU compiled for a static `batch`, `pes` processing elements each taking `run_ms`
@@ -72,10 +87,18 @@ class Workload:
     image: bool = False  # JPEG bytes in, top-5 labels out
     top_k: int = 5
     device: Optional[SimulatedDevice] = None  # the model runs on a simulated NPU
+    detection: bool = False  # JPEG bytes in (image), boxes out
+    fetch: Optional[Callable[[], Path]] = None  # the model file, when not in the repository
 
     @property
     def model_file(self) -> Path:
+        if self.fetch is not None:
+            return self.fetch()
         return MODEL_REPOSITORY / self.folder / "model.onnx"
+
+    def jpeg(self) -> bytes:
+        """The image every client sends, for image workloads."""
+        return sample_photo() if self.detection else sample_jpeg()
 
     def v2_input(self) -> Dict[str, Any]:
         """The request input as V2 JSON (REST)."""
@@ -85,7 +108,7 @@ class Workload:
                 "datatype": "BYTES",
                 "shape": [1],
                 "parameters": {"content_type": "image"},
-                "data": [base64.b64encode(sample_jpeg()).decode()],  # JSON carries base64
+                "data": [base64.b64encode(self.jpeg()).decode()],  # JSON carries base64
             }
         array = self.sample()
         return {
@@ -102,6 +125,8 @@ class Workload:
         """`parameters.extra` keys this workload adds to the model's own (threads aside)."""
         if self.device is not None:
             return self.device.extra()
+        if self.detection:
+            return DETECTION_EXTRA
         if not self.image:
             return {}
         return {
@@ -109,6 +134,32 @@ class Workload:
             "postprocess": {"type": "classification", "top_k": self.top_k, "labels": labels.name},
         }
 
+
+@functools.lru_cache(maxsize=None)
+def yolov8n() -> Path:
+    """A real YOLOv8n (nudenet 3.4.2's detector, 18 classes, dynamic input size; AGPL-3.0,
+    so fetched from PyPI into the test cache, never committed): at 640x640 its output is
+    [1, 22, 8400]."""
+    spec = importlib.util.spec_from_file_location(
+        "mlserver_npu_tests_wheels", REPO / "tests" / "wheels.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fetch_wheel(module.NUDENET) / "nudenet" / "320n.onnx"
+
+
+# What bench/baseline.py's hand-written detector does, as model-settings: letterbox 640
+# (OpenCV INTER_LINEAR, 114), /255, YOLOv8 decode, NMS per class at 0.45 above 0.25.
+DETECTION_EXTRA: Dict[str, Any] = {
+    "preprocess": [
+        {"op": "letterbox", "size": [640, 640], "resample": "cv2_linear"},
+        {"op": "scale", "divisor": 255},
+    ],
+    "postprocess": {
+        "type": "detection", "decoder": "yolov8", "confidence_threshold": 0.25,
+        "iou_threshold": 0.45,
+    },
+}
 
 WORKLOADS: Dict[str, Workload] = {
     w.name: w
@@ -121,6 +172,9 @@ WORKLOADS: Dict[str, Workload] = {
         Workload("image", "squeezenet", "data_0",
                  "image path: a 640x480 JPEG in, imagenet preprocessing, top-5 labels out",
                  image=True),
+        Workload("detection", "", "images",
+                 "detection: a 640x480 JPEG photo in, letterbox 640, a real YOLOv8n, boxes out",
+                 image=True, detection=True, fetch=yolov8n),
         Workload("npu-sim", "digits", "input",
                  "simulated NPU: batch 8, 16 ms per run, 2 PEs = 1,000 rows/s; FP32 [1, 64]",
                  sample=_digits_sample, device=SimulatedDevice(batch=8, run_ms=16, pes=2)),
@@ -200,6 +254,12 @@ GOALS: List[Goal] = [
          "npu-grpc", "raw", 0.85),
     Goal("image @16: mlserver-npu REST / FastAPI", "image", 16, "npu-rest", "fastapi", 1.0),
     Goal("image @16: mlserver-npu gRPC / FastAPI", "image", 16, "npu-grpc", "fastapi", 1.0),
+    Goal("detection @16: mlserver-npu REST / FastAPI", "detection", 16, "npu-rest", "fastapi",
+         1.0),
+    Goal("detection @16: mlserver-npu gRPC / FastAPI", "detection", 16, "npu-grpc", "fastapi",
+         1.0),
+    Goal("detection @4: mlserver-npu gRPC / raw onnxruntime + the same postprocess",
+         "detection", 4, "npu-grpc", "raw", 0.8),
     Goal("batching gain, squeezenet @16 gRPC", "squeezenet", 16,
          "npu-batch-grpc", "npu-grpc", None),
     Goal("batching gain, squeezenet @16 REST", "squeezenet", 16,

@@ -26,7 +26,6 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
@@ -236,8 +235,8 @@ x, centre y, width, height in input pixels) and the scores of the 10 digits; the
 metadata has `names`, `imgsz`, `stride` and `task: detect` as Ultralytics writes them.
 
 On {canvases} held-out canvases (test-split digits, 3 to 10 per canvas), with confidence 0.5
-and class-agnostic NMS at IoU 0.3 (the settings): **precision {precision:.3f}, recall {recall:.3f}** (a box counts when it
-overlaps a digit's cell by IoU >= 0.5 with the right digit).
+and class-agnostic NMS at IoU 0.3 (the settings): **precision {precision:.3f}, recall
+{recall:.3f}** (a box counts when it overlaps a digit's cell by IoU >= 0.5 with the right digit).
 
 model-settings.json letterboxes the client's image into 128x128 (grayscale, padded with 0,
 OpenCV's INTER_AREA: the sample images are digits 3x enlarged), scales to the digits' 0..16,

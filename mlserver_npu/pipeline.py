@@ -322,6 +322,9 @@ class Pipeline(ServedModel):
                                   "inputs": [str(ref) for ref in step.inputs]})
         return described
 
+    def describe_postprocess(self) -> List[Dict[str, Any]]:
+        return [post.describe() for post in self._encoder.postprocesses]
+
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()
         parameters = metadata.parameters or Parameters()

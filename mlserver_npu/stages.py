@@ -4,7 +4,7 @@ codecs). NPURuntime serves one; a Pipeline runs several in one request."""
 import ast
 import asyncio
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from mlserver.errors import InferenceError
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .backends import BackendError, InvalidInput, get_backend, model_metadata, session_details
 from .batcher import Batcher
 from .drain import Drain
-from .errors import ConfigurationError, ModelLoadError, shorten
+from .errors import ConfigurationError, ModelLoadError
 from .metrics import stage
 from .pool import SessionPool
 from .processing.inputs import Decoded, InputDecoder
@@ -213,13 +213,15 @@ class ModelStages:
             )
             hint = ""
             if unsure:
-                example = {s.name: self.pool.warm_up_shape(s, shapes) for s in unsure}
+                example = {
+                    s.name: [640 if d is None and i else d or 1 for i, d in enumerate(s.shape)]
+                    for s in unsure
+                }
                 hint = (
                     "; the dynamic dimensions of "
                     + ", ".join(f"'{s.name}' {s.v2_shape}" for s in unsure)
                     + " were fed as 1: set parameters.extra.warmup_shapes to shapes the model "
-                    f"accepts (e.g. {example} with real sizes), or a preprocess that fixes the "
-                    "image size"
+                    f"accepts, e.g. {example}, or a preprocess that fixes the image size"
                 )
             raise BackendError(
                 f"warm-up inference failed (fed {fed}): {error}{hint}"

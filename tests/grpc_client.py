@@ -56,7 +56,8 @@ def run(client, call):
     if op == "infer":
         outputs = [_output(o) for o in call["outputs"]] if call.get("outputs") else None
         result = client.infer(
-            call["model"], [_input(i) for i in call["inputs"]], outputs=outputs
+            call["model"], [_input(i) for i in call["inputs"]], outputs=outputs,
+            parameters=call.get("parameters"),
         )
         response = result.get_response(as_json=True)
         return {

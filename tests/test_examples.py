@@ -14,7 +14,9 @@ import pytest
 
 from server import REPO
 
-GENERATORS = ["examples/make_models.py", "examples/make_npu_models.py"]
+GENERATORS = [
+    "examples/make_models.py", "examples/make_npu_models.py", "examples/make_detection_models.py"
+]
 
 
 def _digests(root: Path) -> dict:

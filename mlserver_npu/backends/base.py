@@ -5,6 +5,7 @@ and the runtime never sees which backend it is talking to.
 """
 import json
 import zipfile
+from xml.etree import ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
@@ -118,11 +119,14 @@ def session_details(sessions: Sequence[Session]) -> Dict[str, Any]:
 
 def model_metadata(sessions: Sequence[Session], model_path: Path) -> Dict[str, str]:
     """The model file's own metadata: what its sessions read (onnxruntime's custom metadata
-    map), else the `metadata.json` that Ultralytics appends to a .tflite file as a zip."""
+    map), else the `metadata.json` that Ultralytics appends to a .tflite file as a zip, or
+    the model-level `rt_info` of an OpenVINO IR (.xml: `framework`, the ONNX metadata of a
+    converted model; `model_info`, what Ultralytics' OpenVINO export writes)."""
     found = getattr(sessions[0], "metadata", None) if sessions else None
     if found:
         return {str(key): str(value) for key, value in found.items()}
-    if model_path.suffix.lower() == ".tflite" and zipfile.is_zipfile(model_path):
+    suffix = model_path.suffix.lower()
+    if suffix == ".tflite" and zipfile.is_zipfile(model_path):
         try:
             with zipfile.ZipFile(model_path) as archive:
                 data = json.loads(archive.read("metadata.json"))
@@ -130,4 +134,25 @@ def model_metadata(sessions: Sequence[Session], model_path: Path) -> Dict[str, s
             return {}
         if isinstance(data, dict):
             return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+    if suffix == ".xml":
+        try:
+            return _rt_info(model_path)
+        except (OSError, ElementTree.ParseError):
+            return {}
     return {}
+
+
+def _rt_info(model_path: Path) -> Dict[str, str]:
+    """`<net><rt_info><SECTION><KEY value="..."/>` of an OpenVINO IR, streamed (the layers
+    before it are dropped as they are read)."""
+    found: Dict[str, str] = {}
+    path: List[str] = []
+    for event, element in ElementTree.iterparse(model_path, events=("start", "end")):
+        if event == "start":
+            path.append(element.tag)
+            continue
+        if len(path) == 4 and path[1] == "rt_info" and path[2] in ("framework", "model_info"):
+            found.setdefault(element.tag, element.attrib.get("value", ""))
+        path.pop()
+        element.clear()
+    return found

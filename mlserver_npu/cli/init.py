@@ -59,6 +59,15 @@ def _metadata_tensors(tensors: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     ]
 
 
+# --postprocess KIND -> parameters.extra.postprocess (and the default preprocessing preset)
+POSTPROCESS = {"detection": ({"type": "detection", "decoder": "yolov8"}, "ultralytics")}
+
+
+def suggest_postprocess(metadata: Dict[str, str]) -> Optional[str]:
+    """`detection` for a model whose own metadata says `task: detect` (Ultralytics)."""
+    return "detection" if metadata.get("task") == "detect" else None
+
+
 NAME = "init"
 HELP = "write a model folder (model-settings.json and the file) for a model file"
 
@@ -72,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_extra_arguments(parser)
     parser.add_argument("--preprocess", choices=sorted(PRESETS), metavar="PRESET",
                         help=f"image preprocessing preset ({', '.join(sorted(PRESETS))})")
+    parser.add_argument("--postprocess", choices=sorted(POSTPROCESS),
+                        help="detection: boxes from an Ultralytics YOLO (v8 and later) export "
+                             "(the ultralytics preprocessing preset, unless --preprocess)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing folder")
 
 
@@ -90,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
     if settings_file.exists() and not args.force:
         return _fail(f"'{settings_file}' exists; --force overwrites it")
     extra = extra_of(args)
-    if args.preprocess:
+    if args.postprocess:
+        postprocess, preset = POSTPROCESS[args.postprocess]
+        extra["preprocess"] = args.preprocess or preset
+        extra["postprocess"] = postprocess
+    elif args.preprocess:
         extra["preprocess"] = args.preprocess
     try:
         if remote:
@@ -120,7 +136,14 @@ def run(args: argparse.Namespace) -> int:
         batching = json.dumps(written["parameters"]["extra"]["batching"])
         print(f"Static batch {report['static_batch']}: the plugin's batcher fills it with "
               f"concurrent requests (parameters.extra.batching {batching})")
-    suggestion = None if args.preprocess else suggest_preprocess(report["inputs"])
+    postprocess = None if args.postprocess else suggest_postprocess(
+        report.get("model_metadata") or {}
+    )
+    suggestion = None if args.preprocess or postprocess else suggest_preprocess(report["inputs"])
+    if postprocess:
+        print(f"Its metadata says task: detect: to send images and get boxes, confirm the "
+              f"suggested configuration with `mlserver-npu init {args.model} --into {folder} "
+              f"--postprocess {postprocess} --force`")
     if suggestion:
         print(f"Its input looks like an image: to send encoded images, confirm the suggested "
               f"preprocessing with `mlserver-npu init {args.model} --into {folder} "

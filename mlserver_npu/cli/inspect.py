@@ -70,14 +70,18 @@ async def describe(settings: ModelSettings) -> Dict[str, Any]:
         metadata = await model.metadata()
         if isinstance(model, Pipeline):
             steps = model.describe_steps()
+            postprocess = model.describe_postprocess()
         else:
             model_file = model.stages.model_path
+            model_metadata = model.stages.model_metadata
+            postprocess = [p.describe() for p in model.stages.outputs.postprocesses]
     finally:
         await model.unload()
     if isinstance(model, Pipeline):
         return {
             **report, "valid": True, "pipeline": True, "steps": steps,
             "inputs": _tensors(metadata.inputs), "outputs": _tensors(metadata.outputs),
+            "postprocess": postprocess,
         }
     parameters = metadata.parameters.model_dump() if metadata.parameters else {}
     backend = parameters.get("backend")
@@ -97,6 +101,8 @@ async def describe(settings: ModelSettings) -> Dict[str, Any]:
         "static_batch": parameters.get("static_batch"),
         "inputs": _tensors(metadata.inputs),
         "outputs": _tensors(metadata.outputs),
+        "postprocess": postprocess,
+        "model_metadata": model_metadata,
         "warnings": parameters.get("warnings"),
     }
 
@@ -115,6 +121,17 @@ def _print(report: Dict[str, Any]) -> None:
             shape = "[" + ", ".join(map(str, tensor["shape"])) + "]"
             image = "  image" if tensor.get("content_type") == "image" else ""
             print(f"{kind[:-1]:<8} {tensor['name']}  {tensor['datatype']} {shape}{image}")
+    for post in report.get("postprocess") or []:
+        extra = "".join(
+            f", {key} {post[key]}" for key in ("decoder", "labels") if post.get(key) is not None
+        )
+        print(f"postproc {post['type']}{extra}: {', '.join(post['reads'])} -> "
+              f"{', '.join(post['outputs'])}")
+    if report.get("model_metadata"):
+        shown = {
+            k: v if len(v) <= 60 else v[:57] + "..." for k, v in report["model_metadata"].items()
+        }
+        print("metadata " + "  ".join(f"{k}={v}" for k, v in shown.items()))
     if report.get("warnings"):
         print(f"warning  {report['warnings']}")
 

@@ -110,9 +110,11 @@ def open_image(data: bytes, max_pixels: int, draft_size: Optional[DraftSize] = N
             f"{len(data)} bytes of PNG data cannot hold the {width}x{height} pixels its header "
             "claims"
         )
-    transposed = image.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED
+    upright = None  # the upright size the client sent, when a draft decode shrinks it
     if draft_size is not None and image.format == "JPEG":
-        wanted = draft_size((height, width) if transposed else (width, height))
+        transposed = image.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED
+        upright = (height, width) if transposed else (width, height)
+        wanted = draft_size(upright)
         if wanted is not None:
             image.draft(None, wanted[::-1] if transposed else wanted)
     try:
@@ -120,8 +122,7 @@ def open_image(data: bytes, max_pixels: int, draft_size: Optional[DraftSize] = N
     except Exception as error:  # truncated or corrupt pixel data
         raise ImageError(f"cannot decode the {image.format} data ({error})") from None
     ImageOps.exif_transpose(image, in_place=True)
-    # The upright size the client sent, which a draft decode does not keep (geometry.py).
-    image.info[ORIGINAL_SIZE] = (height, width) if transposed else (width, height)
+    image.info[ORIGINAL_SIZE] = upright or image.size  # for geometry.py
     return image
 
 

@@ -27,6 +27,7 @@ from ..errors import ConfigurationError, shorten
 from ..tensors import content_type_of, encode_output
 from .classification import read_labels
 from .decoders import Candidates, Decoder, create_decoder
+from .decoders.weighted import weighted_nms
 from .geometry import Geometry
 from .postprocess import (
     BuildContext, Planned, Postprocess, RequestContext, check_parameter, request_parameter,
@@ -64,6 +65,10 @@ class DetectionSettings(BaseModel):
         0.7, ge=0, le=1, description="NMS: a box overlapping a better one by more is dropped"
     )
     class_agnostic: bool = Field(False, description="NMS across classes instead of per class")
+    nms: Literal["hard", "weighted"] = Field(
+        "hard", description="hard: OpenCV's NMS; weighted: MediaPipe's (boxes and keypoints "
+        "averaged over the overlapping candidates, class-agnostic), as BlazeFace is tuned with"
+    )
     max_detections: int = Field(300, ge=1, le=MAX_DETECTIONS, description="per image, after NMS")
     pre_nms_top_k: Optional[int] = Field(
         None, ge=1, description="only the best this many candidates of an image enter NMS"
@@ -78,7 +83,7 @@ class DetectionSettings(BaseModel):
 
 def metadata_labels(metadata: Mapping[str, str]) -> Optional[List[str]]:
     """Labels from a model's own metadata: Ultralytics' `names` ("{0: 'person', ...}" in ONNX,
-    JSON in TFLite), a list, or PaddlePaddle's `character` list."""
+    JSON in TFLite), or `labels`: a list, or words separated by spaces (its OpenVINO IR)."""
     for key in ("names", "labels", "classes"):
         text = metadata.get(key)
         if not text:
@@ -89,7 +94,10 @@ def metadata_labels(metadata: Mapping[str, str]) -> Optional[List[str]]:
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                continue
+                # Ultralytics' OpenVINO rt_info: labels separated by spaces (theirs by "_")
+                value = text.split() if key == "labels" else None
+        if value is None:
+            continue
         if isinstance(value, dict):
             try:
                 ordered = sorted((int(k), str(v)) for k, v in value.items())
@@ -205,8 +213,7 @@ class Detection(Postprocess):
         except ConfigurationError as error:
             raise ConfigurationError(f"postprocess 'detection': {error}") from None
         labels = cls._labels(settings, context, decoder)
-        keypoints = getattr(decoder.settings, "keypoints", 0) or getattr(decoder, "keypoints", 0)
-        return cls(settings, decoder, labels, keypoints or None, context.input_size)
+        return cls(settings, decoder, labels, decoder.keypoints or None, context.input_size)
 
     @staticmethod
     def _labels(
@@ -225,6 +232,12 @@ class Detection(Postprocess):
                 f"{where} has {len(labels)} labels, but the detector has {classes} classes"
             )
         return labels
+
+    def describe(self) -> Dict[str, Any]:
+        described = super().describe()
+        described["decoder"] = self.decoder.settings.type  # type: ignore[attr-defined]
+        described["labels"] = len(self.labels) if self.labels is not None else None
+        return described
 
     @property
     def _outputs(self) -> List[tuple]:
@@ -283,13 +296,21 @@ class Detection(Postprocess):
         rows = self.decoder(
             {name: results[name] for name in self.sources}, size, options.confidence_threshold
         )
+        if geometry and len(geometry) != len(rows):
+            raise InferenceError(
+                f"detection: the model gave {len(rows)} rows of detections for "
+                f"{len(geometry)} images"
+            )
         found = []
         for index, row in enumerate(rows):
-            if not self.decoder.nms_done:
+            if self.decoder.nms_done:
+                kept = np.argsort(-row.scores, kind="stable")
+            elif self.settings.nms == "weighted":
+                row = weighted_nms(self._top_k(row), options.iou_threshold, options.max_detections)
+                kept = np.arange(len(row))
+            else:
                 kept = nms(row, options.iou_threshold, self.settings.class_agnostic,
                            self.settings.pre_nms_top_k)
-            else:
-                kept = np.argsort(-row.scores, kind="stable")
             kept = kept[: options.max_detections]
             row = Candidates(
                 boxes=row.boxes[kept].reshape(-1, 4).astype(np.float32),
@@ -301,6 +322,15 @@ class Detection(Postprocess):
                 row = self._to_original(row, geometry[index])
             found.append(row)
         return found
+
+    def _top_k(self, row: Candidates) -> Candidates:
+        """The best `pre_nms_top_k` candidates (all without it)."""
+        top_k = self.settings.pre_nms_top_k
+        if top_k is None or len(row) <= top_k:
+            return row
+        best = np.argsort(-row.scores, kind="stable")[:top_k]
+        keypoints = None if row.keypoints is None else row.keypoints[best]
+        return Candidates(row.boxes[best], row.scores[best], row.classes[best], keypoints)
 
     def _to_original(self, row: Candidates, geometry: Geometry) -> Candidates:
         boxes = geometry.boxes_to_original(row.boxes)

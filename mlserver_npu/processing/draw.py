@@ -1,8 +1,7 @@
-"""Results drawn on the client's image, for people: boxes with their labels and scores,
-keypoints, class maps as colours. Pillow only; the drawings are PNG outputs."""
+"""Detections drawn on the client's image, for people: boxes with their labels and scores,
+keypoints. Pillow only; the drawings are PNG outputs. (Class maps are drawn by masks.py.)"""
 from typing import Optional, Sequence, Tuple
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # Ultralytics' default palette (hex), so drawings look as users know them.
@@ -17,6 +16,13 @@ def colour(index: int) -> Tuple[int, int, int]:
     return PALETTE[int(index) % len(PALETTE)]
 
 
+def at_size(image: Image.Image, size: Tuple[int, int]) -> Image.Image:
+    """`image` at (height, width) `size`: the client's size, when it was decoded smaller."""
+    if (image.height, image.width) == tuple(size):
+        return image
+    return image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+
+
 def draw_detections(
     image: Image.Image,
     original: Tuple[int, int],
@@ -25,16 +31,17 @@ def draw_detections(
 ) -> Image.Image:
     """A copy of `image` (RGB) with each detection's box, `label score` and keypoints.
 
-    `original` is the (height, width) the boxes refer to: the image may have been decoded at
-    a reduced scale (a JPEG draft), so the boxes are scaled to it."""
-    drawn = image.convert("RGB") if image.mode != "RGB" else image.copy()
-    scale = np.float32([drawn.width / original[1], drawn.height / original[0]])
+    `original` is the (height, width) the boxes refer to, the size the client sent: an image
+    decoded at a reduced scale (a JPEG draft) is enlarged back to it first."""
+    drawn = at_size(image, original).convert("RGB")
+    if drawn is image:
+        drawn = image.copy()
     canvas = ImageDraw.Draw(drawn)
     line = max(1, round(min(drawn.size) / 300))
     font = ImageFont.load_default()
     for index in range(len(detections.scores)):
         cls = int(detections.classes[index])
-        x1, y1, x2, y2 = (detections.boxes[index].reshape(2, 2) * scale).ravel().tolist()
+        x1, y1, x2, y2 = detections.boxes[index].tolist()
         fill = colour(cls)
         canvas.rectangle([x1, y1, x2, y2], outline=fill, width=line)
         name = labels[cls] if labels is not None and 0 <= cls < len(labels) else str(cls)
@@ -46,29 +53,6 @@ def draw_detections(
         canvas.text((x1 + 2, ty + 1 - top), text, fill=(255, 255, 255), font=font)
         if detections.keypoints is not None:
             radius = line + 1
-            for x, y in (detections.keypoints[index] * scale).tolist():
+            for x, y in detections.keypoints[index].tolist():
                 canvas.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill)
     return drawn
-
-
-def colourize(classes: np.ndarray, palette: Sequence[Tuple[int, int, int]]) -> Image.Image:
-    """An integer class map [H, W] as a palette ("P" mode) image: PNG keeps the class
-    numbers as its pixel values and shows them in colour."""
-    image = Image.fromarray(np.asarray(classes, np.uint8), mode="P")
-    flat = [value for rgb in palette[:256] for value in rgb]
-    image.putpalette(flat + [0] * (768 - len(flat)))
-    return image
-
-
-def overlay(
-    image: Image.Image, classes: np.ndarray, palette: Sequence[Tuple[int, int, int]],
-    alpha: float = 0.5, background: Optional[int] = 0,
-) -> Image.Image:
-    """`image` with the class map's colours blended in (the `background` class left clear)."""
-    base = np.asarray(image.convert("RGB"), np.float32)
-    colours = np.asarray(list(palette[:256]) + [(0, 0, 0)] * (256 - len(palette[:256])),
-                         np.float32)[np.asarray(classes, np.int64) % 256]
-    mask = np.ones(classes.shape, bool) if background is None else classes != background
-    blended = base.copy()
-    blended[mask] = base[mask] * (1 - alpha) + colours[mask] * alpha
-    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))

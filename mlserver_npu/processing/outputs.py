@@ -68,14 +68,17 @@ class OutputEncoder:
         return tensor
 
     def metadata(self) -> List[MetadataTensor]:
-        """The model's outputs as clients see them: what a request without `outputs` gets."""
+        """The model's outputs as clients see them: what a request without `outputs` gets,
+        then the postprocesses' outputs given only when asked for (e.g. overlay images)."""
         made = {
             tensor.name: tensor for post in self.postprocesses for tensor in post.metadata()
         }
-        return [
-            made[item.name] if item.post is not None else self._metadata(item)
-            for item in self._default_plan()
+        plan = self._default_plan()
+        listed = [
+            made[item.name] if item.post is not None else self._metadata(item) for item in plan
         ]
+        planned = {item.name for item in plan}
+        return listed + [tensor for name, tensor in made.items() if name not in planned]
 
     def _default_plan(self) -> List[Planned]:
         """Each model output not replaced, in the model's order; each postprocess's outputs
@@ -89,10 +92,10 @@ class OutputEncoder:
             for post in self.postprocesses:
                 if id(post) not in placed and spec.name in post.sources:
                     placed.add(id(post))
-                    plan.extend(post.plan(name, None) for name in post.names)
+                    plan.extend(post.plan(name, None) for name in post.default_names)
         for post in self.postprocesses:  # ones that read no model output by name
             if id(post) not in placed:
-                plan.extend(post.plan(name, None) for name in post.names)
+                plan.extend(post.plan(name, None) for name in post.default_names)
         return plan
 
     def plan(

@@ -12,18 +12,18 @@ e.g. a detection and a segmentation output.
 To add a type: a module with its subclass, and one line in `registry()`.
 """
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type,
 )
 
+import numpy as np
 from mlserver.errors import InferenceError
 from mlserver.types import MetadataTensor, Parameters, RequestOutput, ResponseOutput
 from PIL import Image
 from pydantic import BaseModel
-
-import numpy as np
 
 from ..backends import TensorSpec
 from ..errors import ConfigurationError, shorten
@@ -98,12 +98,28 @@ class Postprocess:
         raise NotImplementedError
 
     def metadata(self) -> List[MetadataTensor]:
-        """The outputs it adds, as a request that names no outputs gets them, in order."""
+        """The outputs it can add, in order (`default_names`: those a request that names no
+        outputs gets)."""
         raise NotImplementedError
 
     @property
     def names(self) -> List[str]:
         return [tensor.name for tensor in self.metadata()]
+
+    @property
+    def type_name(self) -> str:
+        """The `type` of its settings."""
+        return self.Settings.model_fields["type"].annotation.__args__[0]
+
+    def describe(self) -> Dict[str, Any]:
+        """What `inspect` shows of it."""
+        return {"type": self.type_name, "reads": list(self.sources), "outputs": self.names}
+
+    @property
+    def default_names(self) -> List[str]:
+        """The outputs a request that names none gets (`names` but those only for people,
+        e.g. an overlay image)."""
+        return self.names
 
     def plan(self, name: str, request_output: Optional[RequestOutput]) -> Planned:
         """The output `name` (one of `names`) as `request_output` asks for it (None: as
@@ -132,9 +148,10 @@ def registry() -> Dict[str, Type[Postprocess]]:
     from .classification import Classification
     from .ctc import CTC
     from .detection import Detection
+    from .segmentation import Segmentation
     from .text_detection import TextDetection
 
-    types = (Classification, Detection, TextDetection, CTC)
+    types = (Classification, Detection, Segmentation, TextDetection, CTC)
     return {cls.Settings.model_fields["type"].annotation.__args__[0]: cls for cls in types}
 
 
@@ -194,13 +211,25 @@ def build_all(
 
 def check_parameter(name: str, value: Any, kind: type, low: float, high: float) -> Any:
     """A per-request override from the request `parameters`: a number of `kind` (int or
-    float) within [low, high], else a 400 naming the parameter."""
+    float) within [low, high], else a 400 naming the parameter. A string holding a number is
+    taken too: MLServer's gRPC parameters have no floating-point field (tritonclient's
+    double_param never arrives), so gRPC clients send "0.5"."""
+    wanted = "an integer" if kind is int else "a number"
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if value.strip() else None
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value):
+            raise InferenceError(
+                f"parameter '{name}' must be {wanted} from {low:g} to {high:g}, got a string "
+                "that is no number"
+            )
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         kind is int and not float(value).is_integer()
     ):
         raise InferenceError(
-            f"parameter '{name}' must be {'an integer' if kind is int else 'a number'} "
-            f"from {low:g} to {high:g}, got {shorten(value)}"
+            f"parameter '{name}' must be {wanted} from {low:g} to {high:g}, got {shorten(value)}"
         )
     if not low <= value <= high:
         raise InferenceError(
@@ -210,17 +239,18 @@ def check_parameter(name: str, value: Any, kind: type, low: float, high: float) 
 
 
 def request_parameter(parameters: Optional[Parameters], name: str) -> Any:
-    """The request parameter `name`, or None (MLServer keeps unknown ones as extras)."""
+    """The request parameter `name`, or None when the request has none (MLServer keeps
+    parameters it does not know as extras)."""
     if parameters is None:
         return None
-    return (parameters.model_extra or {}).get(name, getattr(parameters, name, None))
-
-
-__all__ = [
-    "BuildContext", "Planned", "Postprocess", "RequestContext",
-    "build_all", "check_parameter", "error_location", "per_image", "registry",
-    "request_parameter", "settings_type",
-]
+    extras = parameters.model_extra or {}
+    if name in extras and extras[name] is None:
+        raise InferenceError(
+            f"parameter '{name}' arrived without a value: over gRPC, MLServer's protocol has "
+            "no double_param (tritonclient sends floats as one); send the number as a string, "
+            f"e.g. '{name}': '0.5'"
+        )
+    return extras.get(name, getattr(parameters, name, None))
 
 
 def per_image(name: str, array: np.ndarray, tiles: Optional[Sequence[int]]) -> np.ndarray:

@@ -78,7 +78,7 @@ def resize_image(image: Image.Image, height: int, width: int, resample: str) -> 
         array = cv2.resize(
             np.asarray(image), (width, height), interpolation=getattr(cv2, CV2_RESAMPLE[resample])
         )
-        return Image.fromarray(array, image.mode)
+        return Image.fromarray(array)  # uint8 [H, W] is mode L, [H, W, 3] RGB
     return image.resize((width, height), RESAMPLE[resample])
 
 
@@ -313,6 +313,13 @@ PRESETS = {
         {"op": "resize", "size": 28},
         {"op": "layout", "layout": "NCHW"},
         {"op": "dtype", "dtype": "float32"},
+    ],
+    # Ultralytics' YOLO exports: its LetterBox (grey 114, OpenCV's INTER_LINEAR), 0..1; RGB
+    # for a model of 3 channels (grey for one)
+    "ultralytics": [
+        {"op": "letterbox", "pad_value": 114, "resample": "cv2_linear"},
+        {"op": "scale", "divisor": 255},
+        {"op": "layout", "layout": "NCHW"},
     ],
 }
 

@@ -6,12 +6,26 @@ from pydantic import ValidationError
 from ...backends import TensorSpec
 from ...errors import ConfigurationError
 from .base import Candidates, Decoder, Size
+from .boxes import BoxesDecoder
+from .dfl import DFLDecoder
+from .nms import End2EndDecoder, NMSTensorsDecoder
+from .ssd import SSDDecoder
+from .yolov5 import YOLOv5Decoder
 from .yolov8 import YOLOv8Decoder
 
 DECODERS: Dict[str, Type[Decoder]] = {
     "yolov8": YOLOv8Decoder,
     "yolo11": YOLOv8Decoder,
     "yolov11": YOLOv8Decoder,
+    "yolov5": YOLOv5Decoder,
+    "yolov7": YOLOv5Decoder,
+    "dfl": DFLDecoder,
+    "picodet": DFLDecoder,
+    "ssd": SSDDecoder,
+    "boxes": BoxesDecoder,
+    "end2end": End2EndDecoder,
+    "yolov10": End2EndDecoder,
+    "nms_tensors": NMSTensorsDecoder,
 }
 
 

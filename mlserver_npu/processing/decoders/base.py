@@ -9,7 +9,7 @@ way of returning results.
 Sizes are `(height, width)` in pixels of the model input, as numpy orders them.
 """
 from dataclasses import dataclass
-from typing import Callable, ClassVar, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Callable, ClassVar, List, Literal, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 from pydantic import BaseModel
@@ -43,6 +43,7 @@ class Decoder:
 
     sources: List[str]  # the model outputs it reads
     classes: Optional[int] = None  # number of classes when known
+    keypoints: int = 0  # points per box in Candidates.keypoints (0: none)
 
     def __init__(
         self, settings: BaseModel, outputs: Sequence[TensorSpec], input_size: Optional[Size]
@@ -120,5 +121,59 @@ def logit(probability: float) -> float:
     return float(np.log(probability / (1.0 - probability)))
 
 
+def real(outputs: Mapping[str, np.ndarray], spec: TensorSpec) -> np.ndarray:
+    """Output `spec`'s array, in real values: a quantized integer output (an NPU's int8 head,
+    a backend not asked to dequantize) through its scale and zero point."""
+    array = np.asarray(outputs[spec.name])
+    if spec.quantization is not None and array.dtype.kind in "iu":
+        return spec.quantization.dequantize(array)
+    return array
+
+
 def as_float(array: np.ndarray) -> np.ndarray:
     return array if array.dtype == np.float32 else array.astype(np.float32)
+
+
+BoxFormat = Literal["xyxy", "cxcywh", "yxyx", "xywh"]
+
+
+def to_corners(boxes: np.ndarray, box_format: str) -> np.ndarray:
+    """[n, 4] boxes in `box_format` -> float32 x1, y1, x2, y2. `xywh` is the top-left corner
+    and the size (COCO's), `cxcywh` the centre and the size, `yxyx` TensorFlow's corners."""
+    boxes = as_float(boxes)
+    if box_format == "xyxy":
+        return np.ascontiguousarray(boxes)
+    if box_format == "yxyx":
+        return np.ascontiguousarray(boxes[:, [1, 0, 3, 2]])
+    if box_format == "xywh":
+        return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    half = boxes[:, 2:] / 2
+    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
+
+
+def looks_normalized(coordinates: np.ndarray) -> bool:
+    """Whether box coordinates are fractions of the input: over all of a row's boxes (not only
+    the candidates), pixel coordinates span the input; normalized ones stay within [0, 1],
+    a little past it at the border."""
+    return bool(coordinates.size == 0 or np.abs(coordinates).max() <= 1.5)
+
+
+def input_scale(input_size: Size) -> np.ndarray:
+    """x, y, x, y multipliers from normalized to input pixels."""
+    height, width = input_size
+    return np.array([width, height, width, height], np.float32)
+
+
+def select(
+    scores: np.ndarray, threshold: float, multi_label: bool = False
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates of class scores [C, N] above `threshold`: (anchor indices, classes, scores).
+    One per anchor, its best class (Ultralytics' predict), or with `multi_label` one per
+    class above the threshold (Ultralytics' val, PaddleDetection's multiclass NMS)."""
+    if multi_label:
+        classes, anchors = np.nonzero(scores > threshold)
+        return anchors, classes.astype(np.int64), scores[classes, anchors]
+    best = scores.max(axis=0)
+    anchors = np.flatnonzero(best > threshold)
+    classes = scores[:, anchors].argmax(axis=0).astype(np.int64)
+    return anchors, classes, best[anchors]

@@ -3,7 +3,7 @@
 input pixels or normalized to [0, 1], then C class scores, no objectness, then K keypoints of
 D values (x, y[, visibility]). Channels past those (a segmentation model's mask coefficients)
 are ignored."""
-from typing import List, Literal, Mapping, Optional, Sequence
+from typing import ClassVar, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,11 +15,16 @@ from .base import (
     Size,
     as_float,
     empty_candidates,
+    input_scale,
     is_float,
     logit,
+    looks_normalized,
     pick_output,
+    real,
+    select,
     shape_error,
     sigmoid,
+    to_corners,
 )
 
 
@@ -45,6 +50,9 @@ class YOLOv8Settings(BaseModel):
     scores: Literal["probabilities", "logits"] = Field(
         "probabilities", description="logits: the graph was cut before its sigmoid"
     )
+    multi_label: bool = Field(
+        False, description="a candidate per class above the threshold, not only the best class"
+    )
     keypoints: int = Field(0, ge=0, description="keypoints per box after the class scores (pose)")
     keypoint_dims: Literal[2, 3] = Field(3, description="values per keypoint: x, y[, visibility]")
 
@@ -52,12 +60,14 @@ class YOLOv8Settings(BaseModel):
 class YOLOv8Decoder(Decoder):
     Settings = YOLOv8Settings
     nms_done = False
+    head: ClassVar[int] = 4  # channels before the class scores: the box
 
     def __init__(
         self, settings: YOLOv8Settings, outputs: Sequence[TensorSpec], input_size: Optional[Size]
     ):
         super().__init__(settings, outputs, input_size)
-        expected = "[batch, 4+classes, anchors] or [batch, anchors, 4+classes]"
+        channels = f"{self.head}+classes"
+        expected = f"[batch, {channels}, anchors] or [batch, anchors, {channels}]"
         spec = pick_output(
             outputs, settings.output, lambda s: len(s.shape) == 3 and is_float(s), expected
         )
@@ -65,6 +75,7 @@ class YOLOv8Decoder(Decoder):
             raise shape_error(spec, expected)
         self.spec = spec
         self.sources = [spec.name]
+        self.keypoints = settings.keypoints
         self.extra = settings.keypoints * settings.keypoint_dims
         first, second = spec.shape[1], spec.shape[2]
         self.channels_first: Optional[bool] = {"channels_first": True, "channels_last": False}.get(
@@ -81,7 +92,7 @@ class YOLOv8Decoder(Decoder):
             self.classes = settings.classes
 
     def _guess_layout(self, first: Optional[int], second: Optional[int]) -> Optional[bool]:
-        fixed = 4 + self.settings.classes + self.extra if self.settings.classes else None
+        fixed = self.head + self.settings.classes + self.extra if self.settings.classes else None
         if fixed is not None and fixed in (first, second) and first != second:
             return first == fixed
         if first is not None and second is not None:
@@ -92,9 +103,9 @@ class YOLOv8Decoder(Decoder):
 
     def _classes(self, channels: int, spec: TensorSpec) -> int:
         wanted = self.settings.classes
-        have = channels - 4 - self.extra
+        have = channels - self.head - self.extra
         if have < (wanted or 1):
-            layout = f"4+{wanted or 'classes'}" + (f"+{self.extra}" if self.extra else "")
+            layout = f"{self.head}+{wanted or 'classes'}" + (f"+{self.extra}" if self.extra else "")
             expected = f"[batch, {layout}, anchors]"
             if not self.channels_first:
                 expected = f"[batch, anchors, {layout}]"
@@ -104,61 +115,57 @@ class YOLOv8Decoder(Decoder):
     def __call__(
         self, outputs: Mapping[str, np.ndarray], input_size: Size, confidence_threshold: float
     ) -> List[Candidates]:
-        array = np.asarray(outputs[self.spec.name])
+        array = real(outputs, self.spec)
         channels_first = self.channels_first
         if channels_first is None:
             channels_first = array.shape[1] <= array.shape[2]
         if not channels_first:
             array = array.transpose(0, 2, 1)  # a view: rows are channels from here on
         classes = self.classes or self._classes(array.shape[1], self.spec)
-        threshold = confidence_threshold
-        logits = self.settings.scores == "logits"
-        if logits:
-            threshold = logit(confidence_threshold)
         results = []
         for row in array:
-            scores = row[4 : 4 + classes]
-            best = scores.max(axis=0)
-            keep = np.flatnonzero(best > threshold)
-            if keep.size == 0:
+            anchors, kept_classes, kept_scores = self._candidates(
+                row, classes, confidence_threshold
+            )
+            if anchors.size == 0:
                 results.append(empty_candidates(self.settings.keypoints or None))
                 continue
-            kept_scores = as_float(best[keep])
-            if logits:
-                kept_scores = sigmoid(kept_scores).astype(np.float32)
-            boxes = as_float(row[:4, keep].T)
-            if self.settings.box_format == "cxcywh":
-                half = boxes[:, 2:] / 2
-                boxes = np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
+            boxes = to_corners(row[:4, anchors].T, self.settings.box_format)
             scale = self._scale(row, input_size)
             if scale is not None:
-                boxes = boxes * np.tile(scale, 2)
+                boxes = boxes * scale
             keypoints = None
             if self.settings.keypoints:
-                start = 4 + classes
-                points = as_float(row[start : start + self.extra, keep].T)
-                points = points.reshape(len(keep), self.settings.keypoints, -1)
-                keypoints = np.ascontiguousarray(points[:, :, :2])
+                start = self.head + classes
+                points = as_float(row[start : start + self.extra, anchors].T)
+                keypoints = points.reshape(len(anchors), self.settings.keypoints, -1)[:, :, :2]
                 if scale is not None:
-                    keypoints = keypoints * scale
+                    keypoints = keypoints * scale[:2]
+                keypoints = np.ascontiguousarray(keypoints, dtype=np.float32)
             results.append(
                 Candidates(
-                    boxes=np.ascontiguousarray(boxes, dtype=np.float32),
+                    boxes=boxes.astype(np.float32, copy=False),
                     scores=kept_scores,
-                    classes=scores[:, keep].argmax(axis=0).astype(np.int64),
-                    keypoints=None if keypoints is None else keypoints.astype(np.float32),
+                    classes=kept_classes,
+                    keypoints=keypoints,
                 )
             )
         return results
 
+    def _candidates(
+        self, row: np.ndarray, classes: int, confidence: float
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(anchors, classes, float32 probabilities) of the row's candidates."""
+        scores = row[4 : 4 + classes]
+        if self.settings.scores == "logits":  # compare logits, sigmoid the candidates only
+            anchors, kept, values = select(scores, logit(confidence), self.settings.multi_label)
+            return anchors, kept, sigmoid(as_float(values)).astype(np.float32)
+        anchors, kept, values = select(scores, confidence, self.settings.multi_label)
+        return anchors, kept, as_float(values)
+
     def _scale(self, row: np.ndarray, input_size: Size) -> Optional[np.ndarray]:
-        """(width, height) multipliers of normalized boxes, or None for pixel boxes. Detected
-        from the box centres of every anchor: in pixels they span the input, normalized they
-        stay within [0, 1] (a little past it at the border)."""
+        """x, y, x, y multipliers of normalized boxes, or None for pixel boxes."""
         normalized = self.settings.normalized
         if normalized is None:
-            normalized = bool(np.abs(row[:2]).max() <= 1.5) if row.shape[1] else False
-        if not normalized:
-            return None
-        height, width = input_size
-        return np.array([width, height], np.float32)
+            normalized = looks_normalized(row[:2])
+        return input_scale(input_size) if normalized else None
