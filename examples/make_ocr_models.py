@@ -22,6 +22,7 @@ classify each object" pipeline: ``digits-detector`` (examples/make_detection_mod
 the digits on a canvas, ``digits-image`` classifies each crop. Running it twice gives
 identical files.
 """
+import argparse
 import hashlib
 import json
 import shutil
@@ -196,6 +197,11 @@ def page() -> Image.Image:
 
 
 def main() -> None:
+    global REPO, IMAGES
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="write under this folder")
+    root = parser.parse_args().root.resolve()
+    REPO, IMAGES = root / "model-repository", root / "examples" / "images"
     with tempfile.TemporaryDirectory() as work:
         models = fetch_models(Path(work))
         for name, file in MODELS.items():
@@ -209,7 +215,7 @@ def main() -> None:
             )
     (REPO / "ocr-cls" / "labels.txt").write_text("0\n180\n")
     pipeline = REPO / "ocr"
-    pipeline.mkdir(exist_ok=True)
+    pipeline.mkdir(parents=True, exist_ok=True)
     write_settings(pipeline, "ocr", "mlserver_npu.Pipeline", PIPELINE)
     (pipeline / "README.md").write_text(
         "# ocr\n\nReads the text of an image in one request: `detect` (../ocr-det) finds the "
@@ -218,7 +224,7 @@ def main() -> None:
         "Models: PaddleOCR PP-OCRv4 via rapidocr-onnxruntime 1.4.4, Apache License 2.0.\n"
     )
     crops = REPO / "digits-crops"
-    crops.mkdir(exist_ok=True)
+    crops.mkdir(parents=True, exist_ok=True)
     write_settings(crops, "digits-crops", "mlserver_npu.Pipeline", DIGITS_CROPS)
     (crops / "README.md").write_text(
         "# digits-crops\n\nDetect, then classify each object: `detect` (../digits-detector) "
