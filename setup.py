@@ -40,6 +40,12 @@ setup(
         "filelock>=3.13",
         # image codec and preprocessing (ImageOps.exif_transpose(in_place=...) is 9.4+)
         "pillow>=9.4",
+        # OCR postprocessing (processing/text_detection.py, regions.py): contours, rectangles
+        # and warps from OpenCV (headless: never opencv-python beside it), the unclip offset
+        # from pyclipper and the polygon area from shapely, as PaddleOCR computes them
+        "opencv-python-headless>=4.8",
+        "pyclipper>=1.3",
+        "shapely>=2.0",
         # detection NMS (cv2.dnn.NMSBoxes), letterbox and OpenCV resampling; the headless
         # build, which has no GUI libraries to install
         "opencv-python-headless>=4.7",
@@ -70,6 +76,9 @@ setup(
             # tests/test_docs.py: mkdocs build --strict (1.6 validates anchors)
             "mkdocs>=1.6",
             "mkdocs-material>=9.5",
+            # tests/test_ocr.py imports rapidocr-onnxruntime from its wheel, fetched without
+            # its dependencies (it declares opencv-python); these are the others it needs
+            "six>=1.15",
         ],
         # the example clients (examples/infer_digits.py, classify.py) and the docs' snippets;
         # `pip install -e .` alone serves the example models (onnxruntime on the CPU)

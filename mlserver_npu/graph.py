@@ -5,52 +5,24 @@ starts every step as soon as its inputs are ready (independent steps run concurr
 References are Seldon Core 2's: `inputs.<pipeline input>` and `<step>.outputs.<output>`.
 """
 import asyncio
-from dataclasses import dataclass
 from typing import (
-    Annotated, Any, Awaitable, Callable, Dict, List, Literal, Optional, Sequence, Union,
+    Annotated, Any, Awaitable, Callable, Dict, List, Literal, Optional, Sequence, Set, Union,
 )
 
 import numpy as np
 from pydantic import (
-    BaseModel, ConfigDict, Discriminator, Field, PlainValidator, Tag, ValidationError,
-    field_validator,
+    BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
 )
 
 from .backends import TensorSpec
 from .errors import ConfigurationError
+from .processing.regions import RegionsSettings
+from .references import Ref, Reference
 from .settings import PostprocessSettings
 from .settings import describe_validation_error
 from .tensors import describe
 
 STEP_NAME = r"^[A-Za-z0-9_-]+$"
-
-
-@dataclass(frozen=True)
-class Reference:
-    """`inputs.<name>` (step None) or `<step>.outputs.<name>`."""
-
-    step: Optional[str]
-    name: str
-
-    def __str__(self) -> str:
-        return f"inputs.{self.name}" if self.step is None else f"{self.step}.outputs.{self.name}"
-
-
-def parse_reference(text: Any) -> Reference:
-    if isinstance(text, Reference):
-        return text
-    if not isinstance(text, str):
-        raise ValueError(f"a reference is a string, not {type(text).__name__}")
-    step, dot, rest = text.partition(".")
-    if step == "inputs" and rest:
-        return Reference(None, rest)
-    kind, _, name = rest.partition(".")
-    if dot and kind == "outputs" and name and step:
-        return Reference(step, name)
-    raise ValueError(f"'{text}' is not 'inputs.<name>' or '<step>.outputs.<name>'")
-
-
-Ref = Annotated[Reference, PlainValidator(parse_reference)]
 
 
 class _Step(BaseModel):
@@ -68,10 +40,13 @@ class _Step(BaseModel):
 
 class ModelStep(_Step):
     """A model folder run inside the pipeline. `inputs` maps its model's inputs to
-    references; a model input not listed takes the pipeline input of the same name."""
+    references; a model input not listed takes the pipeline input of the same name. With
+    `regions`, the model runs on regions cut from the request's images (all of them as one
+    batch) and its outputs come back per image."""
 
     model: str = Field(description="model folder, relative to this model-settings.json")
     inputs: Dict[str, Ref] = Field(default_factory=dict)
+    regions: Optional[RegionsSettings] = None
 
 
 COMBINE = Literal["mean", "max", "concat"]
@@ -127,9 +102,17 @@ def settings_error(error: ValidationError, extra: Any) -> str:
 
 
 def references(step: Union[ModelStep, CombineStep]) -> Dict[str, Reference]:
-    """The step's references by what they feed: a model input name, or a combine position."""
+    """The step's references by what they feed: a model input name, a combine position, or
+    a role of its regions (`regions.boxes`, ...)."""
     if isinstance(step, CombineStep):
         return {f"inputs[{index}]": ref for index, ref in enumerate(step.inputs)}
+    if step.regions is not None:
+        return {**step.inputs, **step.regions.references()}
+    return dict(step.inputs)
+
+
+def model_references(step: ModelStep) -> Dict[str, Reference]:
+    """The references that feed the step's model inputs by name."""
     return dict(step.inputs)
 
 
@@ -199,6 +182,24 @@ class Graph:
                     raise ConfigurationError(
                         f"step '{step.name}': combine steps take step outputs, not '{ref}'"
                     )
+            regions = step.regions if isinstance(step, ModelStep) else None
+            if regions is not None:
+                if regions.image.step is not None:
+                    raise ConfigurationError(
+                        f"step '{step.name}': regions.image is the pipeline's image input "
+                        f"('inputs.<name>'), not '{regions.image}'"
+                    )
+                for key, ref in regions.references().items():
+                    if ref.step is None:
+                        raise ConfigurationError(
+                            f"step '{step.name}': {key} is a step output "
+                            f"('<step>.outputs.<name>'), not '{ref}'"
+                        )
+                if regions.input is not None and regions.input in step.inputs:
+                    raise ConfigurationError(
+                        f"step '{step.name}': input '{regions.input}' is fed by the regions: "
+                        "leave it out of 'inputs'"
+                    )
         for name, ref in config.outputs.items():
             self._check_known(f"output '{name}'", ref)
             if ref.step is None:
@@ -267,7 +268,10 @@ class Graph:
                     raise ConfigurationError(f"{where}: {error}") from None
                 continue
             inputs = {spec.name: spec for spec in model_inputs[step.name]}
-            for key, ref in references(step).items():
+            if step.regions is not None:
+                for key, ref in step.regions.references().items():
+                    resolve(f"{where}: {key}", ref)
+            for key, ref in model_references(step).items():
                 if key not in inputs:
                     raise ConfigurationError(
                         f"{where}: 'inputs' maps '{key}', which is not an input of its model; "
@@ -286,13 +290,25 @@ class Graph:
             resolve(f"output '{name}'", ref)
         return outputs
 
+    def wanted(self) -> Dict[str, Set[str]]:
+        """The outputs of each step that other steps or the pipeline's outputs take."""
+        wanted: Dict[str, Set[str]] = {}
+        refs = [ref for step in self.order for ref in references(step).values()]
+        for ref in refs + list(self.config.outputs.values()):
+            if ref.step is not None:
+                wanted.setdefault(ref.step, set()).add(ref.name)
+        return wanted
+
     def pipeline_inputs(
-        self, step: ModelStep, model_inputs: Sequence[TensorSpec]
+        self, step: ModelStep, model_inputs: Sequence[TensorSpec], cropped: Optional[str] = None
     ) -> Dict[str, str]:
-        """Model input -> pipeline input, for the inputs of `step` that the request feeds."""
-        taken = references(step)
+        """Model input -> pipeline input, for the inputs of `step` that the request feeds
+        (`cropped`: the input its regions feed)."""
+        taken = model_references(step)
         fed = {}
         for spec in model_inputs:
+            if spec.name == cropped:
+                continue
             ref = taken.get(spec.name)
             if ref is None:
                 fed[spec.name] = spec.name

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mlserver.errors import InferenceError
@@ -18,19 +18,25 @@ from mlserver.types import (
     MetadataModelResponse,
     MetadataTensor,
     Parameters,
+    RequestInput,
+    ResponseOutput,
 )
 from mlserver.utils import to_absolute_path
+from PIL import Image
 from pydantic import ValidationError
 
 from . import wire
 from .backends import TensorSpec
+from .codecs.image import CONTENT_TYPE as IMAGE, decode_images
 from .drain import Drain
 from .errors import ConfigurationError, ModelLoadError
+from .fanout import FanOut, post_arrays, post_specs
 from .graph import Graph, ModelStep, PipelineSettings, settings_error
 from .metrics import StepMetrics, stage
 from .processing.inputs import Decoded, InputDecoder
 from .processing.outputs import OutputEncoder
 from .processing.postprocess import BuildContext, build_all
+from .processing.regions import draw_output
 from .repository import is_npu_runtime
 from .served import ServedModel
 from .settings import NPUEnvironment
@@ -103,28 +109,39 @@ class Pipeline(ServedModel):
         (one per model step, for the request tensors it takes) and its output encoder."""
         specs = self._graph.output_specs(
             {name: stages.pool.inputs for name, stages in self._steps.items()},
-            {name: stages.pool.outputs for name, stages in self._steps.items()},
+            self._step_outputs(),
         )
         self._fed: Dict[str, Dict[str, str]] = {}
         self._decoders: Dict[str, InputDecoder] = {}
         inputs: Dict[str, MetadataTensor] = {}
         taken_by: Dict[str, str] = {}
+
+        def declare(step: str, name: str, tensor: MetadataTensor) -> None:
+            tensor = tensor.model_copy(update={"name": name})
+            if name in inputs and describe(inputs[name]) != describe(tensor):
+                raise ConfigurationError(
+                    f"step '{step}': pipeline input '{name}' is {describe(tensor)} "
+                    f"here, but {describe(inputs[name])} in step '{taken_by[name]}'"
+                )
+            inputs.setdefault(name, tensor)
+            taken_by.setdefault(name, step)
+
         for step in steps:
             stages = self._steps[step.name]
-            fed = self._graph.pipeline_inputs(step, stages.pool.inputs)
+            fan = self._fanouts.get(step.name)
+            fed = self._graph.pipeline_inputs(step, stages.pool.inputs, fan and fan.input)
             decoder = stages.input_decoder(list(fed))
             self._fed[step.name], self._decoders[step.name] = fed, decoder
             for tensor in decoder.metadata():
-                name = fed[tensor.name]
-                tensor = tensor.model_copy(update={"name": name})
-                if name in inputs and describe(inputs[name]) != describe(tensor):
-                    raise ConfigurationError(
-                        f"step '{step.name}': pipeline input '{name}' is {describe(tensor)} "
-                        f"here, but {describe(inputs[name])} in step '{taken_by[name]}'"
-                    )
-                inputs.setdefault(name, tensor)
-                taken_by.setdefault(name, step.name)
+                declare(step.name, fed[tensor.name], tensor)
+        for step in steps:
+            if step.name in self._fanouts:
+                image = MetadataTensor(name="image", datatype="BYTES", shape=[-1],
+                                       parameters=Parameters(content_type=IMAGE))
+                declare(step.name, step.regions.image.name, image)
         self._inputs = inputs
+        self._wanted = self._graph.wanted()
+        self._drawable = self._drawable_outputs(config)
 
         outputs = [
             TensorSpec(name, specs[ref.step][ref.name].dtype, specs[ref.step][ref.name].shape)
@@ -158,6 +175,50 @@ class Pipeline(ServedModel):
             self.outputs = self._encoder.metadata()
         self._step_metrics = StepMetrics(self.name, self.version)
 
+    def _step_outputs(self) -> Dict[str, List[TensorSpec]]:
+        """Every model step's outputs: its model's and those its postprocesses add, or, for a
+        step over regions, its outputs per image (FanOut)."""
+        outputs: Dict[str, List[TensorSpec]] = {}
+        self._fanouts: Dict[str, FanOut] = {}
+        for step in self._graph.order:
+            if not isinstance(step, ModelStep):
+                continue
+            stages = self._steps[step.name]
+            if step.regions is None:
+                model = list(stages.pool.outputs)
+                outputs[step.name] = model + post_specs(stages.outputs.postprocesses, model)
+                continue
+            ref = step.regions.boxes
+            where = f"step '{step.name}': regions.boxes"
+            if ref.step not in outputs:
+                raise ConfigurationError(f"{where} '{ref}' is not the output of a model step")
+            found = {spec.name: spec for spec in outputs[ref.step]}
+            if ref.name not in found:
+                raise ConfigurationError(
+                    f"{where} refers to '{ref}', but step '{ref.step}' has no output "
+                    f"'{ref.name}'; its outputs are: " + ", ".join(found)
+                )
+            try:
+                fan = FanOut(step.name, step.regions, stages, found[ref.name])
+            except ConfigurationError as error:
+                raise ConfigurationError(f"step '{step.name}': {error}") from None
+            self._fanouts[step.name] = fan
+            outputs[step.name] = fan.specs()
+        return outputs
+
+    def _drawable_outputs(
+        self, config: PipelineSettings
+    ) -> Dict[str, Tuple[str, str, Optional[str]]]:
+        """Pipeline outputs that are regions, and so can be drawn on the request's images
+        (`content_type: image`): name -> (step, its count output, its text output)."""
+        drawable = {}
+        for name, ref in config.outputs.items():
+            fan = self._fanouts.get(ref.step)
+            if fan is not None and ref.name == fan.settings.names[0]:
+                join = fan.settings.join
+                drawable[name] = (ref.step, fan.settings.names[1], join.output if join else None)
+        return drawable
+
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         with self.admitted(), self._requests.running(), self._metrics.serving():
             return await self._predict(payload)
@@ -168,25 +229,50 @@ class Pipeline(ServedModel):
             plan = self._encoder.plan(payload.outputs, payload.parameters)
         tiles: List[List[int]] = []
         images: Dict[str, Decoded] = {}
+        originals: Dict[str, List[Image.Image]] = {}  # pipeline image input -> decoded images
+        step_results: Dict[str, Dict[str, np.ndarray]] = {}
 
         async def run_model(
             step: ModelStep, arrays: Dict[str, np.ndarray]
         ) -> Dict[str, np.ndarray]:
             start = time.perf_counter()
+            fed = self._fed[step.name]
             taken = [
                 request[name].model_copy(update={"name": model_input})
-                for model_input, name in self._fed[step.name].items()
+                for model_input, name in fed.items()
             ]
+            decoder = self._decoders[step.name]
+            stages = self._steps[step.name]
+            wanted = self._wanted.get(step.name, set())
             try:
                 with stage("decode"):
-                    decoded = await self._decoders[step.name].decode(taken)
-                results = await self._steps[step.name].run({**decoded.feeds, **arrays})
+                    decoded = await decoder.decode(taken)
+                for model_input, decoded_images in decoded.images.items():
+                    originals.setdefault(fed[model_input], decoded_images)
+                fan = self._fanouts.get(step.name)
+                if fan is not None:
+                    source = step.regions.image.name
+                    if source not in originals:
+                        with stage("decode"):
+                            originals[source] = await self._decode_images(request[source], stages)
+                    results = await fan.run(
+                        originals[source], arrays, wanted, payload.parameters
+                    )
+                else:
+                    results = await stages.run_decoded(decoder, decoded, arrays)
+                    context = request_context(decoded, decoder.image_input)
+                    with stage("postprocess"):
+                        results.update(post_arrays(
+                            stages.outputs.postprocesses, results, context, wanted,
+                            payload.parameters,
+                        ))
             except InferenceError as error:
                 raise InferenceError(f"step '{step.name}': {error}") from None
             if decoded.tiles is not None:
                 tiles.append(decoded.tiles)
             if step.name == self._image_step:
                 images["decoded"] = decoded
+            step_results[step.name] = results
             self._step_metrics.step(step.name, time.perf_counter() - start)
             return results
 
@@ -196,8 +282,34 @@ class Pipeline(ServedModel):
             image_input = self._decoders[self._image_step].image_input if self._image_step else None
             context = request_context(decoded, image_input, wire.carries_arrays(payload))
             context.tiles = tiles[0] if tiles else None
-            outputs = self._encoder.encode(plan, results, context)
+            names = [item.name for item in plan.items]
+            drawn = {
+                item.name: self._draw(item.name, step_results, originals)
+                for item in plan.items if item.image and item.name in self._drawable
+            }
+            plan.items = [item for item in plan.items if item.name not in drawn]
+            encoded = {o.name: o for o in self._encoder.encode(plan, results, context)}
+            outputs = [drawn.get(name) or encoded[name] for name in names]
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
+
+    async def _decode_images(
+        self, request_input: RequestInput, stages: ModelStages
+    ) -> List[Image.Image]:
+        """The images of a pipeline input that no model step decodes (only regions take it)."""
+        limit = stages.config.max_image_pixels or NPUEnvironment.from_env().max_image_pixels
+        return await asyncio.to_thread(decode_images, request_input, limit)
+
+    def _draw(
+        self, name: str, results: Dict[str, Dict[str, np.ndarray]],
+        originals: Dict[str, List[Image.Image]],
+    ) -> ResponseOutput:
+        step, count, text = self._drawable[name]
+        fan = self._fanouts[step]
+        found = results[step]
+        return draw_output(
+            name, originals.get(fan.settings.image.name), found[fan.settings.names[0]],
+            found[count], found.get(text) if text else None,
+        )
 
     def describe_steps(self) -> List[Dict[str, Any]]:
         """The steps in the order of the settings: a model step's folder and where it runs

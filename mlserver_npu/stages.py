@@ -139,6 +139,44 @@ def path_resolver(settings: ModelSettings) -> Callable[..., Path]:
     return resolve
 
 
+def stack_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate on axis 0; the other axes padded with zeros to the largest (the outputs of
+    runs of different widths, e.g. a recognizer's timesteps)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    shape = np.max([a.shape for a in arrays], axis=0)
+    if all(a.shape[1:] == tuple(shape[1:]) for a in arrays):
+        return np.concatenate(arrays)
+    padded = [
+        np.pad(a, [(0, 0)] + [(0, int(m) - d) for m, d in zip(shape[1:], a.shape[1:])])
+        for a in arrays
+    ]
+    return np.concatenate(padded)
+
+
+def ragged_rows(
+    decoder: InputDecoder, decoded: Decoded, feeds: Mapping[str, np.ndarray]
+) -> Optional[List[Dict[str, np.ndarray]]]:
+    """One feed per row when a request's images have different sizes at a model of dynamic
+    height and width (the preprocessing padded them into one batch), each cut back to its own
+    size; None when the rows share one size."""
+    for name, geometries in decoded.geometry.items():
+        if len({g.input_size for g in geometries}) < 2 or len(geometries) != len(feeds[name]):
+            continue
+        preprocessor = decoder.preprocessor(name)
+        axes = (2, 3) if getattr(preprocessor, "layout", "NCHW") == "NCHW" else (1, 2)
+        rows = []
+        for index, geometry in enumerate(geometries):
+            row = {key: array[index : index + 1] for key, array in feeds.items()}
+            cut = [slice(None)] * row[name].ndim
+            for axis, size in zip(axes, geometry.input_size):
+                cut[axis] = slice(0, size)
+            row[name] = np.ascontiguousarray(row[name][tuple(cut)])
+            rows.append(row)
+        return rows
+    return None
+
+
 class ModelStages:
     """Request tensors -> decoder -> pool -> encoder -> response tensors, for one model."""
 
@@ -321,6 +359,23 @@ class ModelStages:
             raise ServerFault(f"the device run of model '{self.settings.name}' failed",
                               error) from error
 
+    async def run_decoded(
+        self,
+        decoder: InputDecoder,
+        decoded: Decoded,
+        extra: Optional[Mapping[str, np.ndarray]] = None,
+    ) -> Dict[str, np.ndarray]:
+        """Run a request's decoded feeds (and `extra` ones). Images of different sizes at a
+        model of dynamic height and width run one by one at their own size, concurrently (the
+        padding that made them one batch would change what the model sees); their outputs
+        are padded with zeros to one tensor."""
+        feeds = {**decoded.feeds, **(extra or {})}
+        rows = ragged_rows(decoder, decoded, feeds)
+        if rows is None:
+            return await self.run(feeds)
+        runs = await asyncio.gather(*(self.run(row) for row in rows))
+        return {name: stack_rows([run[name] for run in runs]) for name in runs[0]}
+
     async def infer(
         self,
         request_inputs: Sequence[RequestInput],
@@ -334,7 +389,7 @@ class ModelStages:
             with stage("decode"):
                 decoded = await self.inputs.decode(request_inputs)
                 plan = self.outputs.plan(request_outputs, parameters)
-            results = await self.run(decoded.feeds)
+            results = await self.run_decoded(self.inputs, decoded)
             with stage("encode"):
                 return self.outputs.encode(plan, results, self.request_context(decoded, as_arrays))
 

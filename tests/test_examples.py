@@ -15,7 +15,8 @@ import pytest
 from server import REPO
 
 GENERATORS = [
-    "examples/make_models.py", "examples/make_npu_models.py", "examples/make_detection_models.py"
+    "examples/make_models.py", "examples/make_npu_models.py", "examples/make_detection_models.py",
+    "examples/make_ocr_models.py",
 ]
 
 

@@ -62,7 +62,7 @@ class InputDecoder:
             except ConfigurationError as error:
                 self._preprocessors[spec.name] = error
         fitting = [n for n, p in self._preprocessors.items() if isinstance(p, Preprocessor)]
-        if preprocess is not None and not fitting:
+        if preprocess is not None and self.specs and not fitting:
             raise next(iter(self._preprocessors.values()))
         declared_images = {
             m.name for m in declared or () if content_type_of(m.parameters) == IMAGE
@@ -113,6 +113,10 @@ class InputDecoder:
             return self.image_inputs[0]
         able = [n for n, p in self._preprocessors.items() if isinstance(p, Preprocessor)]
         return able[0] if len(able) == 1 else None
+
+    def preprocessor(self, name: str) -> Union[Preprocessor, ConfigurationError]:
+        """The preprocessing compiled for input `name`, or why it does not fit that input."""
+        return self._preprocessors[name]
 
     def warm_up_shape(
         self, name: str, fallback: Optional[Tuple[int, int]] = None

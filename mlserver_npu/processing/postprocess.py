@@ -146,12 +146,13 @@ class Postprocess:
 def registry() -> Dict[str, Type[Postprocess]]:
     """Postprocess types by their `type` name."""
     from .classification import Classification
+    from .ctc import CTC
     from .detection import Detection
     from .segmentation import Segmentation
+    from .text_detection import TextDetection
 
-    types = (Classification, Detection, Segmentation)
+    types = (Classification, Detection, Segmentation, TextDetection, CTC)
     return {cls.Settings.model_fields["type"].annotation.__args__[0]: cls for cls in types}
-
 
 
 def settings_type() -> Any:

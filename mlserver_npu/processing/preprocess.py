@@ -536,6 +536,8 @@ class Preprocessor:
             arrays.append(np.asarray(image))
             placed.append(geometry)
         sizes = sorted({a.shape[:2] for a in arrays})
+        if len(sizes) > 1 and self.geometry and isinstance(self.geometry[-1], ResizeToMultiple):
+            return self._padded(arrays), placed
         if len(sizes) > 1:
             raise PreprocessError(
                 "the images differ in size after preprocessing ("
@@ -543,7 +545,24 @@ class Preprocessor:
                 + (", ..." if len(sizes) > 5 else "")
                 + "); add a resize op to parameters.extra.preprocess"
             )
-        batch = np.stack(arrays)
+        return self._tensor(np.stack(arrays)), placed
+
+    def _padded(self, arrays: List[np.ndarray]) -> np.ndarray:
+        """Images of different sizes (a model of dynamic height and width) as one batch: each
+        made a tensor alone, then padded with zeros at the bottom and right to the largest
+        (their Geometry is unchanged: the padding moves no pixel)."""
+        rows = [self._tensor(a[np.newaxis]) for a in arrays]
+        axes = (2, 3) if self.layout == "NCHW" else (1, 2)
+        shape = list(rows[0].shape)
+        for axis in axes:
+            shape[axis] = max(row.shape[axis] for row in rows)
+        batch = np.zeros([len(rows), *shape[1:]], rows[0].dtype)
+        for index, row in enumerate(rows):
+            batch[(index, slice(None), *(slice(0, n) for n in row.shape[2:]))] = row[0]
+        return batch
+
+    def _tensor(self, batch: np.ndarray) -> np.ndarray:
+        """Stacked images [N, H, W(, C)] -> the model input's tensor."""
         if batch.ndim == 3:
             batch = batch[..., np.newaxis]
         if self.bgr:
@@ -563,7 +582,7 @@ class Preprocessor:
                     "to parameters.extra.preprocess"
                 )
             batch = batch.reshape([len(batch), *self.reshape])
-        return np.ascontiguousarray(batch), placed
+        return np.ascontiguousarray(batch)
 
 
 def _cast(batch: np.ndarray, dtype: np.dtype) -> np.ndarray:
