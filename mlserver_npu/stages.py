@@ -387,8 +387,10 @@ class ModelStages:
         the request's (per-request postprocess overrides)."""
         with self._requests.running():
             with stage("decode"):
-                decoded = await self.inputs.decode(request_inputs)
                 plan = self.outputs.plan(request_outputs, parameters)
+                decoded = await self.inputs.decode(
+                    request_inputs, keep_images=any(item.image for item in plan.items)
+                )
             results = await self.run_decoded(self.inputs, decoded)
             with stage("encode"):
                 return self.outputs.encode(plan, results, self.request_context(decoded, as_arrays))

@@ -36,6 +36,7 @@ class Decoded:
     tiles: Optional[List[int]] = None
     geometry: Dict[str, List[Geometry]] = field(default_factory=dict)
     images: Dict[str, List[Image.Image]] = field(default_factory=dict)
+    keep_images: bool = True
 
 
 class InputDecoder:
@@ -155,7 +156,8 @@ class InputDecoder:
         for image in images:
             width, height = original_size(image)
             geometries.append(Geometry.of(height, width).resized(image.height, image.width))
-        decoded.images[spec.name] = images
+        if decoded.keep_images:
+            decoded.images[spec.name] = images
         try:
             with stage("preprocess"):
                 if preprocessor.tiles is not None:
@@ -168,9 +170,13 @@ class InputDecoder:
             where = "" if error.index is None else f", batch index {error.index}"
             raise InferenceError(f"input {shorten(request_input.name)}{where}: {error}") from None
 
-    async def decode(self, request_inputs: Sequence[RequestInput]) -> Decoded:
-        """The model's feeds, with the tiles, geometry and images of the image inputs."""
-        decoded = Decoded({})
+    async def decode(
+        self, request_inputs: Sequence[RequestInput], keep_images: bool = True
+    ) -> Decoded:
+        """The model's feeds, with the tiles, geometry and images of the image inputs (the
+        decoded images only with `keep_images`: they outlive the pixel budget's hold, so a
+        request that draws nothing on them lets them go once preprocessed)."""
+        decoded = Decoded({}, keep_images=keep_images)
         tiles: Dict[str, List[int]] = {}
 
         def decode(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
