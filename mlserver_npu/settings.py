@@ -161,6 +161,9 @@ class NPUEnvironment(BaseSettings):
     progress_interval: float = Field(10.0, gt=0, description="seconds between progress logs")
     zero_copy: bool = Field(True, description="gRPC raw tensors as numpy views (wire.py)")
     rest_boundary: bool = Field(True, description="the plugin's REST layers (rest.py)")
+    max_request_bytes: ByteSize = Field(
+        ByteSize(64 * 2**20), gt=0, description="largest REST request body, after decompression"
+    )
 
     @classmethod
     def from_env(cls) -> "NPUEnvironment":

@@ -102,7 +102,9 @@ def _to_array(data: list, dtype: np.dtype) -> np.ndarray:
     normalised floats, a few for pixels, all of them (one more C loop) when they are many.
     Only refused data is searched, in Python, for the first bad value."""
     dtype = np.dtype(dtype)
-    if dtype.kind not in _ACCEPTED:  # e.g. string tensors: numpy decides
+    if dtype == np.object_:  # string tensors: onnxruntime would turn bytes into "b'x'"
+        return np.array([_text(value) for value in data], dtype)
+    if dtype.kind not in _ACCEPTED:  # numpy decides
         return np.asarray(data, dtype=dtype)
     array = np.empty(len(data), dtype)
     try:
@@ -117,6 +119,15 @@ def _to_array(data: list, dtype: np.dtype) -> np.ndarray:
     if not set(map(type, suspects)) <= _ACCEPTED[dtype.kind][0]:
         raise ValueError(_first_bad(data, dtype))
     return array
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"a BYTES element is not UTF-8 text ({error})") from None
+    return value
 
 
 def _first_bad(data: list, dtype: np.dtype) -> str:
