@@ -205,11 +205,11 @@ def check_shape(name: str, shape: Sequence[int], spec: TensorSpec) -> None:
 
 def decode_input(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
     """One request tensor -> a numpy array of the model's dtype and the request's shape."""
-    name = shorten(request_input.name)
+    name = request_input.name  # shortened in messages only (reprlib is slow)
     expected = datatype_of(spec.dtype)
     got = Datatype(request_input.datatype).value
     if got != expected:
-        raise InferenceError(f"input {name}: expected datatype {expected}, got {got}")
+        raise InferenceError(f"input {shorten(name)}: expected datatype {expected}, got {got}")
     shape = request_input.shape
     check_shape(request_input.name, shape, spec)
     data = request_input.data.root
@@ -219,17 +219,18 @@ def decode_input(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
     try:
         data = flatten(data, len(shape))
     except ValueError as error:
-        raise InferenceError(f"input {name}: {error}") from None
+        raise InferenceError(f"input {shorten(name)}: {error}") from None
     expected_size = math.prod(shape)
     if len(data) != expected_size:
         raise InferenceError(
-            f"input {name}: shape {shorten(shape)} needs {expected_size} values, got {len(data)}"
+            f"input {shorten(name)}: shape {shorten(shape)} needs {expected_size} values, "
+            f"got {len(data)}"
         )
     try:
         array = _to_array(data, spec.dtype)
     except (ValueError, TypeError, OverflowError) as error:
         raise InferenceError(
-            f"input {name}: data is not a valid {expected} tensor: {error}"
+            f"input {shorten(name)}: data is not a valid {expected} tensor: {error}"
         ) from None
     return array.reshape(shape)
 

@@ -279,14 +279,17 @@ def view(item: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> object:
 
 def raw_view(name: str, datatype: str, shape: List[int], raw: bytes) -> object:
     """Raw little-endian tensor bytes (gRPC raw contents, a REST binary section) as a flat
-    WireArray over them (BYTES: a list of bytes), once checked against datatype and shape."""
-    name = shorten(name)
+    WireArray over them (BYTES: a list of bytes), once checked against datatype and shape.
+    Names are shortened for messages only: reprlib costs more than the checks."""
     if any(dim < 0 for dim in shape):
-        raise InferenceError(f"input {name}: shape {shape} has a negative dimension")
+        raise InferenceError(
+            f"input {shorten(name)}: shape {shorten(shape)} has a negative dimension"
+        )
     if datatype == "BYTES":
         return _unpack_bytes(name, bytes(raw), math.prod(shape))
     dtype = LITTLE_ENDIAN.get(datatype)
     if dtype is None:
+        name = shorten(name)
         raise InferenceError(
             f"input {name}: unknown datatype {shorten(str(datatype))}; one of "
             + ", ".join(list(LITTLE_ENDIAN) + ["BYTES"])
@@ -294,16 +297,17 @@ def raw_view(name: str, datatype: str, shape: List[int], raw: bytes) -> object:
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         raise InferenceError(
-            f"input {name}: {datatype} {shape} needs {expected} bytes of raw contents, "
+            f"input {shorten(name)}: {datatype} {shape} needs {expected} bytes of raw contents, "
             f"got {len(raw)}"
         )
     if dtype == np.bool_ and len(raw) and np.frombuffer(raw, np.uint8).max() > 1:
-        raise InferenceError(f"input {name}: BOOL raw contents must be bytes 0 or 1")
+        raise InferenceError(f"input {shorten(name)}: BOOL raw contents must be bytes 0 or 1")
     return np.frombuffer(raw, dtype).view(WireArray)
 
 
 def _unpack_bytes(name: str, raw: bytes, count: int) -> List[bytes]:
     """Triton's BYTES serialization: each element a 4-byte little-endian length, then data."""
+    name = shorten(name)
     elements = []
     offset, end = 0, len(raw)
     while offset < end:
