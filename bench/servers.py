@@ -14,7 +14,9 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 import httpx
 
-from .workloads import REPO, Target, Workload
+from .workloads import MODEL_REPOSITORY, REPO, Target, Workload
+
+MLSERVERS = ("mlserver", "mlserver-plain")  # the second with the REST boundary off
 
 # The simulated NPU (a `furiosa.runtime` of its own) goes first on MLServer's path.
 SIMULATED_NPU = Path(__file__).resolve().with_name("simulated_npu")
@@ -60,7 +62,9 @@ def _model_settings(workload: Workload, target: Target, threads: int,
     name = target.model_name(workload)
     if target.variant == "echo":
         return {"name": name, "implementation": "bench.echo.EchoRuntime"}
-    settings = json.loads((workload.model_file.parent / "model-settings.json").read_text())
+    source = MODEL_REPOSITORY / workload.folder / "model-settings.json"
+    settings = (json.loads(source.read_text()) if workload.make is None else
+                {"implementation": "mlserver_npu.NPURuntime", "parameters": {}})
     extra = settings["parameters"].setdefault("extra", {})
     extra.setdefault("options", {})["intra_op_threads"] = threads
     extra.update(workload.npu_extra(labels_file(workload, folder)))
@@ -85,7 +89,7 @@ def write_repository(root: Path, pairs: Iterable[Tuple[Workload, Target]], threa
     shutil.copy(REPO / "model-repository" / "settings.json", root / "settings.json")
     for workload, target in pairs:
         folder = root / target.model_name(workload)
-        if target.server != "mlserver" or folder.exists():
+        if target.server not in MLSERVERS or folder.exists():
             continue
         folder.mkdir()
         settings = _model_settings(workload, target, threads, batching, folder)
@@ -94,10 +98,11 @@ def write_repository(root: Path, pairs: Iterable[Tuple[Workload, Target]], threa
 
 
 def start_mlserver(root: Path, pairs: List[Tuple[Workload, Target]], threads: int,
-                   batching: Tuple[int, float]) -> "MLServer":
+                   batching: Tuple[int, float], **env: str) -> "MLServer":
     repository = write_repository(root / "model-repository", pairs, threads, batching)
-    simulated = any(workload.device is not None for workload, _ in pairs)
-    return MLServer(repository, root, env={"PYTHONPATH": str(SIMULATED_NPU)} if simulated else None)
+    if any(workload.device is not None for workload, _ in pairs):
+        env["PYTHONPATH"] = str(SIMULATED_NPU)
+    return MLServer(repository, root, env=env or None)
 
 
 class FastAPIServer:

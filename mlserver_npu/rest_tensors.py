@@ -23,7 +23,7 @@ import math
 import re
 import struct
 import zlib
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import orjson
@@ -82,11 +82,15 @@ class ClientError(Exception):
 
 
 async def reply(send: Callable, status: int, body: bytes, headers: List[Tuple[bytes, bytes]],
-                content_type: bytes = b"application/json") -> None:
+                content_type: bytes = b"application/json", parts: Sequence[Any] = ()) -> None:
+    """A whole response: `body`, then `parts` (buffers sent as they are, not joined)."""
+    size = len(body) + sum(memoryview(part).nbytes for part in parts)
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-        *headers]})
-    await send({"type": "http.response.body", "body": body})
+        (b"content-type", content_type), (b"content-length", str(size).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body, "more_body": bool(parts)})
+    for index, part in enumerate(parts, 1):
+        await send({"type": "http.response.body", "body": part,
+                    "more_body": index < len(parts)})
 
 
 async def refuse(send: Callable, error: ClientError) -> None:
@@ -230,13 +234,13 @@ class InferEndpoint:
                                  for key, value in scope["headers"]})
         response = await rest.data_plane.infer(payload, match["name"], match["version"])
         headers = extract_headers(response) or {}
-        body, header_length = render(response, payload)
+        head, binary = render(response, payload)
         extra = [(key.lower().encode("latin-1"), str(value).encode("latin-1"))
                  for key, value in headers.items()]
-        if header_length is None:
-            return await reply(send, 200, body, extra)
-        extra.append((HEADER_LENGTH.encode(), str(header_length).encode()))
-        await reply(send, 200, body, extra, b"application/octet-stream")
+        if not binary:
+            return await reply(send, 200, head, extra)
+        extra.append((HEADER_LENGTH.encode(), str(len(head)).encode()))
+        await reply(send, 200, head, extra, b"application/octet-stream", binary)
 
 
 async def plugin_model(name: str, version: Optional[str]) -> Any:
@@ -463,9 +467,9 @@ def describe(error: ValidationError) -> str:
 
 # --- replies ---
 
-def render(response: InferenceResponse, request: InferenceRequest) -> Tuple[bytes, Optional[int]]:
-    """The reply body, and the length of its JSON header when outputs follow it as binary
-    (None: the body is all JSON)."""
+def render(response: InferenceResponse, request: InferenceRequest) -> Tuple[bytes, List[Any]]:
+    """The reply's JSON (its header, when binary outputs follow), and the binary outputs'
+    buffers in output order (views of the arrays where they can be)."""
     everything = _flag(request.parameters, "binary_data_output")
     asked = {output.name: _flag(output.parameters, "binary_data")
              for output in request.outputs or []}
@@ -480,16 +484,14 @@ def render(response: InferenceResponse, request: InferenceRequest) -> Tuple[byte
         datatype = fields["datatype"]
         if wanted if wanted is not None else everything:
             raw = pack(data, datatype)
-            fields.setdefault("parameters", {})["binary_data_size"] = len(raw)
+            fields.setdefault("parameters", {})["binary_data_size"] = memoryview(raw).nbytes
             binary.append(raw)
         else:
             fields["data"] = data.view(np.ndarray) if isinstance(data, np.ndarray) else data
         outputs.append(fields)
     head["outputs"] = outputs
     text = orjson.dumps(head, default=_encode_object_to_bytes, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not binary:
-        return text, None
-    return b"".join([text, *binary]), len(text)
+    return text, binary
 
 
 def _flag(parameters: Any, name: str) -> Optional[bool]:
@@ -498,14 +500,14 @@ def _flag(parameters: Any, name: str) -> Optional[bool]:
     return value if isinstance(value, bool) else None
 
 
-def pack(data: Any, datatype: str) -> bytes:
-    """Output data in Triton's binary layout: little-endian values; BYTES elements each
-    after its 4-byte little-endian length."""
+def pack(data: Any, datatype: str) -> Any:
+    """Output data in Triton's binary layout: little-endian values (a view of a contiguous
+    array of that layout); BYTES elements each after its 4-byte little-endian length."""
     if datatype == "BYTES":
         elements = [v if isinstance(v, bytes) else str(v).encode() for v in _flat(data)]
         return b"".join(struct.pack("<I", len(v)) + v for v in elements)
-    dtype = LITTLE_ENDIAN[datatype]
-    return np.ascontiguousarray(np.asarray(data, dtype=dtype)).tobytes()
+    array = np.ascontiguousarray(np.asarray(data, dtype=LITTLE_ENDIAN[datatype]))
+    return memoryview(array.view(np.ndarray).reshape(-1)).cast("B")
 
 
 def _flat(data: Any) -> List[Any]:
