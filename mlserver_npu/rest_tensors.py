@@ -413,7 +413,7 @@ def parse_binary(body: bytes, length: str, batching: bool) -> InferenceRequest:
         document = simdjson.Parser().parse(body[:size])
     except (ValueError, TypeError, RuntimeError) as error:
         raise ClientError(400, f"the inference header (the first {size} bytes of the body) "
-                               f"is not valid JSON: {shorten(str(error))}") from None
+                               f"is not valid JSON: {str(error)[:200]}") from None
     if not isinstance(document, simdjson.Object):
         raise ClientError(400, "the inference header must be a JSON object")
     header, datas = split_header(document)
