@@ -378,10 +378,13 @@ def _numbers(data: "simdjson.Array", dtype: Optional[np.dtype], shape: List[int]
     if values.size != math.prod(shape) or not arrays:
         return None, 0
     if values.size and dtype != wide:
-        info = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
-        low, high = (-info.max, info.max) if dtype.kind == "f" else (info.min, info.max)
-        if values.min() < low or values.max() > high:
-            return None, 0
+        if dtype.kind == "f":
+            if np.abs(values).max() > np.finfo(dtype).max:
+                return None
+        else:
+            info = np.iinfo(dtype)
+            if values.min() < info.min or values.max() > info.max:
+                return None, 0
     return values.astype(dtype).view(WireArray), arrays
 
 
@@ -473,12 +476,16 @@ def render(response: InferenceResponse, request: InferenceRequest) -> Tuple[byte
     everything = _flag(request.parameters, "binary_data_output")
     asked = {output.name: _flag(output.parameters, "binary_data")
              for output in request.outputs or []}
-    head = response.model_dump(mode="json", exclude={"outputs"}, exclude_unset=True,
-                               exclude_none=True)
+    # As FastAPI renders MLServer's reply (exclude_unset, exclude_none), field by field:
+    # model_dump of the whole reply costs more than the rest of a tiny request's rendering.
+    head = _present(response, ["model_name", "model_version", "id"])
+    if response.parameters is not None:
+        head["parameters"] = _parameters(response.parameters)
     outputs, binary = [], []
     for output in response.outputs:
-        fields = output.model_dump(mode="json", exclude={"data"}, exclude_unset=True,
-                                   exclude_none=True)
+        fields = _present(output, ["name", "shape", "datatype"])
+        if output.parameters is not None:
+            fields["parameters"] = _parameters(output.parameters)
         data = getattr(output.data, "root", output.data)
         wanted = asked.get(output.name)
         datatype = fields["datatype"]
@@ -492,6 +499,14 @@ def render(response: InferenceResponse, request: InferenceRequest) -> Tuple[byte
     head["outputs"] = outputs
     text = orjson.dumps(head, default=_encode_object_to_bytes, option=orjson.OPT_SERIALIZE_NUMPY)
     return text, binary
+
+
+def _present(model: Any, names: List[str]) -> Dict[str, Any]:
+    return {name: getattr(model, name) for name in names if getattr(model, name) is not None}
+
+
+def _parameters(parameters: Any) -> Dict[str, Any]:
+    return parameters.model_dump(mode="json", exclude_unset=True, exclude_none=True)
 
 
 def _flag(parameters: Any, name: str) -> Optional[bool]:
