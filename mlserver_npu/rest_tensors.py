@@ -380,11 +380,11 @@ def _numbers(data: "simdjson.Array", dtype: Optional[np.dtype], shape: List[int]
     if values.size and dtype != wide:
         if dtype.kind == "f":
             if np.abs(values).max() > np.finfo(dtype).max:
-                return None
+                return None, 0
         else:
             info = np.iinfo(dtype)
             if values.min() < info.min or values.max() > info.max:
-                return None, 0
+                return None, 0, 0
     return values.astype(dtype).view(WireArray), arrays
 
 
