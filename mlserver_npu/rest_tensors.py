@@ -384,7 +384,7 @@ def _numbers(data: "simdjson.Array", dtype: Optional[np.dtype], shape: List[int]
         else:
             info = np.iinfo(dtype)
             if values.min() < info.min or values.max() > info.max:
-                return None, 0, 0
+                return None, 0
     return values.astype(dtype).view(WireArray), arrays
 
 
