@@ -408,3 +408,16 @@ def test_wrapped_mlserver_code_is_the_checked_code():
     for name, (function, digest) in rest.CHECKED.items():
         assert wire.fingerprint(function()) == digest, name
     assert rest._incompatibility() is None
+
+
+def test_changed_mlserver_code_keeps_mlserver_s_rest_app(monkeypatch, caplog):
+    """A wrapped function whose source changed: a warning naming it, and nothing wrapped."""
+    from mlserver.rest.server import RESTServer
+
+    name = "Endpoints.infer"
+    monkeypatch.setitem(rest.CHECKED, name, (rest.CHECKED[name][0], "0" * 64))
+    monkeypatch.setattr(rest, "_installed", None)
+    before = RESTServer.add_custom_handlers
+    assert rest.install(True) is False
+    assert RESTServer.add_custom_handlers is before
+    assert f"MLServer's {name} is not the function it was checked against" in caplog.text
