@@ -421,3 +421,33 @@ def test_changed_mlserver_code_keeps_mlserver_s_rest_app(monkeypatch, caplog):
     assert rest.install(True) is False
     assert RESTServer.add_custom_handlers is before
     assert f"MLServer's {name} is not the function it was checked against" in caplog.text
+
+
+def test_json_numbers_become_arrays_without_python_floats():
+    """rest_tensors.parse_json: numeric data (flat, or nested exactly as the shape) comes out
+    as a numpy array of the datatype; what is not plainly numbers stays Python values for
+    tensors.decode_input to refuse by index."""
+    from mlserver_npu import rest_tensors
+
+    def data(values, shape, datatype="FP32", name="x[0]"):  # brackets in strings count too
+        body = json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype,
+                                       "data": values}]}).encode()
+        body = body.replace(b"ESCAPED", rb"\u005b")  # a "[" that is not one in the text
+        return rest_tensors.parse_json(body, batching=False).inputs[0].data.root
+
+    pixels = np.arange(12, dtype=np.float32) / 7
+    for values in [pixels.tolist(), pixels.reshape(3, 4).tolist()]:
+        array = data(values, [3, 4])
+        assert isinstance(array, wire.WireArray) and array.dtype == np.float32
+        assert array.tobytes() == pixels.tobytes()
+    assert data([1, 2, 3], [3], "INT16").dtype == np.int16
+    assert data([2**64 - 1], [1], "UINT64").tolist() == [2**64 - 1]
+    flat = pixels.tolist()
+    for values in [flat[:5] + [None] + flat[6:], flat[:5] + [[0.5]] + flat[6:],
+                   flat[:5] + [True] + flat[6:], [flat[:5], flat[5:]],
+                   [flat[:4] + [flat[4]], flat[5:]]]:
+        assert isinstance(data(values, [3, 4]), list), values
+    assert isinstance(data(flat[:5] + [[0.5]] + flat[6:], [3, 4], name="ESCAPED"), list)
+    assert isinstance(data([1, 2.5], [2], "INT32"), list)
+    assert isinstance(data([1e39, 0], [2], "FP32"), list)
+    assert isinstance(data([256, 0], [2], "UINT8"), list)
