@@ -22,6 +22,7 @@ bounded request decompression for every request. Two layers of the REST boundary
 import math
 import re
 import struct
+import sys
 import zlib
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -227,12 +228,11 @@ class InferEndpoint:
             return await self.app(scope, replay(body, receive), send)
         except ClientError as error:
             raise InferenceError(str(error)) from None
-        from . import rest
-
+        data_plane = sys.modules["mlserver_npu.rest"].data_plane
         # As MLServer's Endpoints.infer, with the arrays kept.
         insert_headers(payload, {key.decode("latin-1").lower(): value.decode("latin-1")
                                  for key, value in scope["headers"]})
-        response = await rest.data_plane.infer(payload, match["name"], match["version"])
+        response = await data_plane.infer(payload, match["name"], match["version"])
         headers = extract_headers(response) or {}
         head, binary = render(response, payload)
         extra = [(key.lower().encode("latin-1"), str(value).encode("latin-1"))
@@ -245,18 +245,16 @@ class InferEndpoint:
 
 async def plugin_model(name: str, version: Optional[str]) -> Any:
     """The NPURuntime or Pipeline `name` serves (unwrapped from parallel workers), or None."""
-    from . import rest
-    from .served import ServedModel
-
-    if rest.data_plane is None:
+    data_plane = sys.modules["mlserver_npu.rest"].data_plane  # rest.py imports this module
+    if data_plane is None:
         return None
     try:
-        model = await rest.data_plane._model_registry.get_model(name, version)
+        model = await data_plane._model_registry.get_model(name, version)
     except MLServerError:
         return None
     if isinstance(model, ParallelModel):
         model = model._model
-    return model if isinstance(model, ServedModel) else None
+    return model if getattr(model, "rest_tensors", False) else None
 
 
 # --- requests ---
