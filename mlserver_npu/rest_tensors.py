@@ -208,7 +208,7 @@ class InferEndpoint:
 
     async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
         match = (
-            INFER_PATH.fullmatch(scope["path"])
+            INFER_PATH.fullmatch(_route_path(scope))
             if scope["type"] == "http" and scope["method"] == "POST" else None
         )
         model = await plugin_model(match["name"], match["version"]) if match else None
@@ -241,6 +241,12 @@ class InferEndpoint:
             return await reply(send, 200, head, extra)
         extra.append((HEADER_LENGTH.encode(), str(len(head)).encode()))
         await reply(send, 200, head, extra, b"application/octet-stream", binary)
+
+
+def _route_path(scope: Dict[str, Any]) -> str:
+    """The path the router matches: without MLServer's `root_path`, which uvicorn includes."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 async def plugin_model(name: str, version: Optional[str]) -> Any:
