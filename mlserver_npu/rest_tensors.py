@@ -295,7 +295,7 @@ def fill(request: InferenceRequest, header: Dict[str, Any], datas: List[Any], te
         value, arrays = json_tensor(data, _datatype(item), item.shape)
         values.append(value)
         extra += arrays - 1
-    if text.count(b"[") != extra or ESCAPED_BRACKET.search(text):
+    if text.count(b"[") != extra or (b"\\u005" in text and ESCAPED_BRACKET.search(text)):
         values = [_python(data) if isinstance(value, np.ndarray) else value
                   for value, data in zip(values, datas)]
     for item, value in zip(request.inputs, values):
