@@ -61,7 +61,15 @@ setup(
             # tests/test_manifests.py: deploy/ against Kubernetes' schemas
             "kubernetes-validate>=1.30",
             "pyyaml>=6",
+            # tests/test_docs.py: mkdocs build --strict (1.6 validates anchors)
+            "mkdocs>=1.6",
+            "mkdocs-material>=9.5",
         ],
+        # the example clients (examples/infer_digits.py, classify.py) and the docs' snippets;
+        # `pip install -e .` alone serves the example models (onnxruntime on the CPU)
+        "examples": ["tritonclient[http,grpc]>=2.40", "scikit-learn>=1.6"],
+        # the documentation site: `mkdocs serve` (mkdocs.yml, docs/)
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5"],
         # `python -m bench` (bench/README.md); fastapi, uvicorn, grpcio come with mlserver
         "bench": [
             "psutil>=5.9",

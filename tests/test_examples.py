@@ -1,8 +1,8 @@
 """The example generators are byte-for-byte deterministic: regenerated into a temp folder, every
 file they write equals the committed one, so the pinned sha256 of examples/remote-repository
-and the digest quoted in README hold. (With the toolchain setup.py installs: a scikit-learn,
-skl2onnx, onnx or Pillow release that changes what it writes fails this test; rerun the
-generators, commit, and update the pinned sha256.)"""
+and the digest quoted in docs/remote-models.md hold. (With the toolchain setup.py installs: a
+scikit-learn, skl2onnx, onnx or Pillow release that changes what it writes fails this test;
+rerun the generators, commit, and update the pinned sha256.)"""
 import hashlib
 import json
 import re
@@ -51,9 +51,10 @@ def test_the_pinned_and_quoted_digests_are_the_committed_files():
         (REPO / "examples/remote-repository/digits-http/model-settings.json").read_text()
     )
     assert settings["parameters"]["extra"]["sha256"] == digits
-    # README quotes examples/remote-repository/digits-http/model-settings.json
+    # docs/remote-models.md quotes examples/remote-repository/digits-http/model-settings.json
     quoted = re.findall(
-        r'"name": "digits-http".*?"sha256": "([0-9a-f]{64})"', (REPO / "README.md").read_text(),
+        r'"name": "digits-http".*?"sha256": "([0-9a-f]{64})"',
+        (REPO / "docs" / "remote-models.md").read_text(),
         re.S,
     )
     assert quoted == [digits]
