@@ -33,6 +33,8 @@ setup(
         # 1.7.1 requires it; explicit here because the REST path's speed rests on it).
         "orjson>=3.8",
         "packaging>=21",  # wire.py's MLServer version guard
+        # rest_tensors.py: JSON tensor data straight into numpy (Array.as_buffer)
+        "pysimdjson>=6.0",
         # remote model URIs (mlserver_npu.sources)
         "httpx>=0.27",
         "aiofiles>=23.1",
@@ -90,6 +92,7 @@ setup(
             "psutil>=5.9",
             "matplotlib>=3.7",
             "py-spy>=0.3",
+            "onnx>=1.15",  # bench/models.py builds the large and resnet50 models
         ],
         "tflite": ["ai-edge-litert>=1.0"],
         "furiosa": ["furiosa-runtime>=0.10"],

@@ -104,7 +104,11 @@ class HttpClient:
         return call
 
     async def probe(self) -> Dict[str, Any]:
-        return (await self.caller(0)()).json()
+        response = await self.caller(0)()
+        length = response.headers.get("inference-header-content-length")
+        if length is None:
+            return response.json()
+        return json.loads(response.content[: int(length)])
 
     async def aclose(self) -> None:
         for client in self._clients:
@@ -171,7 +175,12 @@ def make_client(job: Dict[str, Any]):
         files = {"image": ("image.jpg", workload.jpeg(), "image/jpeg")}
         endpoint = "detect" if workload.detection else "classify"
         return HttpClient(f"{job['address']}/models/{model}/{endpoint}", files=files)
-    path = f"/v2/models/{model}/infer" if protocol == "rest" else f"/models/{model}/infer"
+    path = f"/v2/models/{model}/infer" if protocol != "json" else f"/models/{model}/infer"
+    if protocol == "rest-binary":
+        body, header_length = workload.v2_binary()
+        return HttpClient(f"{job['address']}{path}", content=body, headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(header_length)})
     return HttpClient(f"{job['address']}{path}", content=workload.v2_body(),
                       headers={"content-type": "application/json"})
 

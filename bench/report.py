@@ -141,7 +141,7 @@ def plot(rows: List[Dict[str, Any]], path: Path, title: str) -> None:
     workloads = [w for w in WORKLOADS if any(r["workload"] == w for r in measured)]
     if not workloads:
         return
-    colors = dict(zip(TARGETS, plt.get_cmap("tab10").colors))
+    colors = dict(zip(TARGETS, plt.get_cmap("tab20").colors))
     figure, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4.4),
                                 squeeze=False)
     for axis, workload in zip(axes[0], workloads):
@@ -161,7 +161,7 @@ def plot(rows: List[Dict[str, Any]], path: Path, title: str) -> None:
         axis.grid(True, which="both", alpha=0.3)
     handles = {label: handle for axis in axes[0]
                for handle, label in zip(*axis.get_legend_handles_labels())}
-    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 6),
                   fontsize=8)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout(rect=(0, 0.07, 1, 1))

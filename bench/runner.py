@@ -26,6 +26,7 @@ class Settings:
 @dataclass
 class Servers:
     mlserver: Optional[MLServer] = None
+    mlserver_plain: Optional[MLServer] = None  # the REST boundary off
     fastapi: Optional[FastAPIServer] = None
 
     def job(self, workload: Workload, target: Target, settings: Settings) -> Dict[str, Any]:
@@ -33,10 +34,10 @@ class Servers:
         job = {"workload": workload.name, "target": target.name, "threads": settings.threads,
                "concurrency": list(settings.concurrency), "duration": settings.duration,
                "warmup": settings.warmup}
-        if target.server == "mlserver":
-            job["address"] = (self.mlserver.grpc_target if target.protocol == "grpc"
-                              else self.mlserver.url)
-            job["cpu_pid"] = self.mlserver.process.pid
+        if target.server in ("mlserver", "mlserver-plain"):
+            server = self.mlserver if target.server == "mlserver" else self.mlserver_plain
+            job["address"] = server.grpc_target if target.protocol == "grpc" else server.url
+            job["cpu_pid"] = server.process.pid
         elif target.server == "fastapi":
             job["address"], job["cpu_pid"] = self.fastapi.url, self.fastapi.process.pid
         return job
@@ -49,20 +50,26 @@ def servers(pairs: List[Tuple[Workload, Target]], settings: Settings,
     needs = {target.server for _, target in pairs}
     running = Servers()
     try:
+        batching = (settings.max_batch_size, settings.max_batch_time)
         if "mlserver" in needs:
             running.mlserver = start_mlserver(
-                root / "mlserver", pairs, settings.threads,
-                (settings.max_batch_size, settings.max_batch_time),
+                root / "mlserver", [(w, t) for w, t in pairs if t.server == "mlserver"],
+                settings.threads, batching,
+            )
+        if "mlserver-plain" in needs:
+            running.mlserver_plain = start_mlserver(
+                root / "mlserver-plain", [(w, t) for w, t in pairs if t.server != "mlserver"],
+                settings.threads, batching, MLSERVER_NPU_REST_BOUNDARY="0",
             )
         if "fastapi" in needs:
             running.fastapi = FastAPIServer(
                 root / "fastapi", {w for w, t in pairs if t.server == "fastapi"}, settings.threads
             )
-        for server in filter(None, [running.mlserver, running.fastapi]):
+        for server in filter(None, [running.mlserver, running.mlserver_plain, running.fastapi]):
             server.wait_ready()
         yield running
     finally:
-        for server in filter(None, [running.fastapi, running.mlserver]):
+        for server in filter(None, [running.fastapi, running.mlserver_plain, running.mlserver]):
             server.stop()
 
 

@@ -16,6 +16,8 @@ import httpx
 
 from .workloads import REPO, Target, Workload
 
+MLSERVERS = ("mlserver", "mlserver-plain")  # the second with the REST boundary off
+
 # The simulated NPU (a `furiosa.runtime` of its own) goes first on MLServer's path.
 SIMULATED_NPU = Path(__file__).resolve().with_name("simulated_npu")
 
@@ -88,7 +90,7 @@ def write_repository(root: Path, pairs: Iterable[Tuple[Workload, Target]], threa
     shutil.copy(REPO / "model-repository" / "settings.json", root / "settings.json")
     for workload, target in pairs:
         folder = root / target.model_name(workload)
-        if target.server != "mlserver" or folder.exists():
+        if target.server not in MLSERVERS or folder.exists():
             continue
         folder.mkdir()
         settings = _model_settings(workload, target, threads, batching, folder)
@@ -97,10 +99,11 @@ def write_repository(root: Path, pairs: Iterable[Tuple[Workload, Target]], threa
 
 
 def start_mlserver(root: Path, pairs: List[Tuple[Workload, Target]], threads: int,
-                   batching: Tuple[int, float]) -> "MLServer":
+                   batching: Tuple[int, float], **env: str) -> "MLServer":
     repository = write_repository(root / "model-repository", pairs, threads, batching)
-    simulated = any(workload.device is not None for workload, _ in pairs)
-    return MLServer(repository, root, env={"PYTHONPATH": str(SIMULATED_NPU)} if simulated else None)
+    if any(workload.device is not None for workload, _ in pairs):
+        env["PYTHONPATH"] = str(SIMULATED_NPU)
+    return MLServer(repository, root, env=env or None)
 
 
 class FastAPIServer:

@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from . import models
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO / "model-repository"
 
@@ -27,6 +29,10 @@ def _digits_sample() -> np.ndarray:
 
 def _squeezenet_sample() -> np.ndarray:
     return np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+
+
+def _large_sample() -> np.ndarray:
+    return np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,12 +95,13 @@ class Workload:
     device: Optional[SimulatedDevice] = None  # the model runs on a simulated NPU
     detection: bool = False  # JPEG bytes in (image), boxes out
     fetch: Optional[Callable[[], Path]] = None  # the model file, when not in the repository
+    make: Optional[Callable[[], Path]] = None  # builds the model (bench/models.py), else folder
 
     @property
     def model_file(self) -> Path:
         if self.fetch is not None:
             return self.fetch()
-        return MODEL_REPOSITORY / self.folder / "model.onnx"
+        return self.make() if self.make else MODEL_REPOSITORY / self.folder / "model.onnx"
 
     def jpeg(self) -> bytes:
         """The image every client sends, for image workloads."""
@@ -120,6 +127,20 @@ class Workload:
 
     def v2_body(self) -> bytes:
         return json.dumps({"inputs": [self.v2_input()]}).encode()
+
+    def v2_binary(self) -> Tuple[bytes, int]:
+        """The request in Triton's binary extension, outputs asked as binary, as
+        tritonclient.http sends it by default: (body, JSON header length)."""
+        tensor = {k: v for k, v in self.v2_input().items() if k != "data"}
+        if self.image:
+            jpeg = sample_jpeg()
+            raw = len(jpeg).to_bytes(4, "little") + jpeg
+        else:
+            raw = self.sample().tobytes()
+        tensor["parameters"] = {**tensor.get("parameters", {}), "binary_data_size": len(raw)}
+        header = json.dumps({"inputs": [tensor],
+                             "parameters": {"binary_data_output": True}}).encode()
+        return header + raw, len(header)
 
     def npu_extra(self, labels: Path) -> Dict[str, Any]:
         """`parameters.extra` keys this workload adds to the model's own (threads aside)."""
@@ -175,6 +196,14 @@ WORKLOADS: Dict[str, Workload] = {
         Workload("detection", "", "images",
                  "detection: a 640x480 JPEG photo in, letterbox 640, a real YOLOv8n, boxes out",
                  image=True, detection=True, fetch=yolov8n),
+        Workload("large", "", "x",
+                 "large tensors: a 3x3 conv over FP32 [1, 3, 640, 640] (PP-OCR-sized), the "
+                 "same size out: 1.2 M floats each way (bench/models.py)",
+                 sample=_large_sample, make=models.large),
+        Workload("resnet50", "", "data",
+                 "compute-bound at full size: ResNet-50 v1 with seeded random weights "
+                 "(bench/models.py), FP32 [1, 3, 224, 224]",
+                 sample=_squeezenet_sample, make=models.resnet50),
         Workload("npu-sim", "digits", "input",
                  "simulated NPU: batch 8, 16 ms per run, 2 PEs = 1,000 rows/s; FP32 [1, 64]",
                  sample=_digits_sample, device=SimulatedDevice(batch=8, run_ms=16, pes=2)),
@@ -200,6 +229,8 @@ class Target:
 
     def serves(self, workload: Workload) -> bool:
         """A simulated NPU exists only behind mlserver-npu (no raw, FastAPI or echo case)."""
+        if workload.make is not None and self.server == "fastapi":
+            return False  # the FastAPI app serves the model-repository's models only
         return workload.device is None or (self.server == "mlserver" and self.variant != "echo")
 
     def protocol_for(self, workload: Workload) -> str:
@@ -215,6 +246,12 @@ TARGETS: Dict[str, Target] = {
             "onnxruntime in one process: N asyncio tasks over asyncio.to_thread(session.run)"
         )),
         Target("npu-rest", "mlserver", "rest", description="mlserver-npu, V2 REST JSON"),
+        Target("npu-rest-binary", "mlserver", "rest-binary", description=(
+            "mlserver-npu, V2 REST with Triton's binary tensor extension, as tritonclient.http "
+            "sends by default (binary inputs, binary_data_output)")),
+        Target("npu-rest-mlserver", "mlserver-plain", "rest", description=(
+            "mlserver-npu with its REST boundary off (MLSERVER_NPU_REST_BOUNDARY=0): "
+            "MLServer's own JSON route, the REST path before issue 19")),
         Target("npu-grpc", "mlserver", "grpc", description="mlserver-npu, V2 gRPC raw contents"),
         Target("npu-batch-rest", "mlserver", "rest", "batching",
                "mlserver-npu with adaptive batching, REST"),
@@ -260,6 +297,18 @@ GOALS: List[Goal] = [
          1.0),
     Goal("detection @4: mlserver-npu gRPC / raw onnxruntime + the same postprocess",
          "detection", 4, "npu-grpc", "raw", 0.8),
+    Goal("squeezenet @8: REST binary / gRPC", "squeezenet", 8, "npu-rest-binary", "npu-grpc",
+         0.9),
+    Goal("squeezenet @8: REST JSON / REST JSON before (boundary off)", "squeezenet", 8,
+         "npu-rest", "npu-rest-mlserver", 2.0),
+    Goal("resnet50 @8: mlserver-npu gRPC / raw onnxruntime", "resnet50", 8, "npu-grpc", "raw",
+         0.95),
+    Goal("1.2 M floats @1: REST binary / gRPC (>= 1/1.2)", "large", 1, "npu-rest-binary",
+         "npu-grpc", 1 / 1.2),
+    Goal("1.2 M floats @1: REST JSON / gRPC (>= 1/3)", "large", 1, "npu-rest", "npu-grpc",
+         1 / 3),
+    Goal("1.2 M floats @1: REST JSON / REST JSON before (boundary off)", "large", 1,
+         "npu-rest", "npu-rest-mlserver", None),
     Goal("batching gain, squeezenet @16 gRPC", "squeezenet", 16,
          "npu-batch-grpc", "npu-grpc", None),
     Goal("batching gain, squeezenet @16 REST", "squeezenet", 16,

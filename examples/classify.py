@@ -6,11 +6,10 @@
 
 Uses tritonclient (`pip install "tritonclient[http,grpc]"`). Each file is one batch element
 of a BYTES input; the requested output comes back as Triton's classification strings
-"score:index:label", best first. Over REST the files travel as base64 text (JSON cannot carry
-raw bytes); over gRPC as raw bytes.
+"score:index:label", best first. Both protocols carry the files as raw bytes (REST through
+Triton's binary tensor extension, tritonclient.http's default).
 """
 import argparse
-import base64
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -37,9 +36,8 @@ def classify_http(url: str, model: str, files: List[bytes], output: Optional[str
     client = httpclient.InferenceServerClient(url)
     input_name, output_name = _names(client.get_model_metadata(model), output)
     tensor = httpclient.InferInput(input_name, [len(files)], "BYTES")
-    encoded = np.array([base64.b64encode(f).decode("ascii") for f in files], dtype=object)
-    tensor.set_data_from_numpy(encoded, binary_data=False)
-    requested = httpclient.InferRequestedOutput(output_name, binary_data=False, class_count=top_k)
+    tensor.set_data_from_numpy(np.array(files, dtype=object))
+    requested = httpclient.InferRequestedOutput(output_name, class_count=top_k)
     return client.infer(model, [tensor], outputs=[requested]).as_numpy(output_name)
 
 
@@ -69,7 +67,6 @@ def main() -> None:
     files = [path.read_bytes() for path in args.images]
     rows = classify(url, args.model, files, args.output, args.top_k)
     for path, row in zip(args.images, rows):
-        # gRPC gives bytes; tritonclient.http gives the JSON strings as they are
         strings = [item.decode() if isinstance(item, bytes) else item for item in row]
         print(f"{path}: {'  '.join(strings)}")
 

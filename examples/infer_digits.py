@@ -14,8 +14,7 @@ def infer_http(url: str, pixels: np.ndarray) -> tuple:
 
     client = httpclient.InferenceServerClient(url)
     tensor = httpclient.InferInput("input", list(pixels.shape), "FP32")
-    # MLServer's REST API has no binary tensor extension: send the data as JSON.
-    tensor.set_data_from_numpy(pixels, binary_data=False)
+    tensor.set_data_from_numpy(pixels)  # sent as binary data (Triton's binary extension)
     result = client.infer("digits", [tensor])
     return result.as_numpy("label"), result.as_numpy("probabilities")
 

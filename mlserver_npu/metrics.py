@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from mlserver.metrics import REGISTRY
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
@@ -225,6 +225,10 @@ class StepMetrics:
             "Seconds a request spends in one step of a pipeline", MODEL_LABELS + ["step"],
             buckets=STAGE_BUCKETS,
         )
+        self._children: Dict[str, Any] = {}
 
     def step(self, step: str, seconds: float) -> None:
-        self._steps.labels(*self._labels, step).observe(seconds)
+        child = self._children.get(step)
+        if child is None:  # one label lookup per step, not per request
+            child = self._children[step] = self._steps.labels(*self._labels, step)
+        child.observe(seconds)

@@ -9,7 +9,10 @@ registry, called after the model object is created and before its `load`), and t
 holds the app. `install`, called when a plugin model is created (`ServedModel.__init__`), wraps
 that method once per process; its first call wraps the app's ASGI stack in `LAYERS`, outermost
 first. Each layer is an ASGI middleware class (`Layer(app)`), kept in the module of the concern
-it serves.
+it serves. `INNER` layers go the other end, right in front of the router (inside MLServer's
+metrics, CORS, gzip and exception middleware), for what answers a route in MLServer's place
+(rest_tensors.py's infer endpoint): MLServer's exception handlers then render its errors and
+its request metrics count its requests. `data_plane` is the server's DataPlane, for them.
 
 As wire.py, the patch is applied only to the MLServer versions whose code it was checked
 against (`SUPPORTED`, and the source fingerprints in `CHECKED`); anything else logs a warning
@@ -19,12 +22,15 @@ import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mlserver
+from mlserver.handlers import DataPlane
 from mlserver.rest.server import RESTServer
 from packaging.version import Version
 from starlette.applications import Starlette
 
 from .limits import Limits
 from .rest_errors import BoundedErrors
+from .rest_tensors import CHECKED as TENSORS_CHECKED
+from .rest_tensors import Decompress, InferEndpoint
 from .wire import SUPPORTED, fingerprint
 
 logger = logging.getLogger("mlserver.npu")
@@ -35,7 +41,12 @@ ASGIApp = Callable[..., Any]
 LAYERS: List[Callable[[ASGIApp], ASGIApp]] = [
     Limits,  # limits.py: request body size (413) and per-model load shedding (429)
     BoundedErrors,  # rest_errors.py: MLServer's own error bodies bounded, no bare 500
+    Decompress,  # rest_tensors.py: gzip / deflate bodies inflated within max_request_bytes
 ]
+# The ones it puts right in front of the router, outermost first.
+INNER: List[Callable[[ASGIApp], ASGIApp]] = [InferEndpoint]
+
+data_plane: Optional[DataPlane] = None
 
 # What `install` wraps, with the sha256 of its source in MLServer 1.7.1.
 CHECKED: Dict[str, Tuple[Callable[[], Callable], str]] = {
@@ -43,6 +54,7 @@ CHECKED: Dict[str, Tuple[Callable[[], Callable], str]] = {
         lambda: RESTServer.add_custom_handlers,
         "5151a1884ab7f44b456dc903573c6895f8c013abce440b1a7d494a1a4f66944a",
     ),
+    **TENSORS_CHECKED,
 }
 
 _installed: Optional[bool] = None
@@ -77,6 +89,8 @@ def _wrap() -> None:
     original = RESTServer.add_custom_handlers
 
     async def add_custom_handlers(self: RESTServer, model: Any) -> Any:
+        global data_plane
+        data_plane = self._data_plane
         wrap_app(self._app)
         return await original(self, model)
 
@@ -85,11 +99,32 @@ def _wrap() -> None:
 
 
 def wrap_app(app: Starlette) -> None:
-    """Put LAYERS in front of `app`'s middleware stack (built now if it was not yet), once."""
-    if getattr(app, "_npu_boundary", False) or not LAYERS:
+    """Put LAYERS in front of `app`'s middleware stack (built now if it was not yet) and INNER
+    in front of its router, once."""
+    if getattr(app, "_npu_boundary", False) or not (LAYERS or INNER):
         return
     stack = app.middleware_stack or app.build_middleware_stack()
+    _wrap_router(stack, app.router)
     for layer in reversed(LAYERS):
         stack = layer(stack)
     app.middleware_stack = stack
     app._npu_boundary = True  # type: ignore[attr-defined]
+
+
+def _wrap_router(stack: ASGIApp, router: ASGIApp) -> None:
+    """INNER in front of `router`, found down the stack's `.app` links (Starlette's and
+    FastAPI's middleware keep the next app there)."""
+    layer = stack
+    for _ in range(64):
+        inner = getattr(layer, "app", None)
+        if inner is None:
+            break
+        if inner is router:
+            for cls in reversed(INNER):
+                inner = cls(inner)
+            layer.app = inner
+            return
+        layer = inner
+    if INNER:
+        logger.warning("The plugin's REST infer endpoint is off: the router of MLServer's app "
+                       "is not where it was checked to be")

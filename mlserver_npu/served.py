@@ -19,6 +19,8 @@ logger = logging.getLogger("mlserver.npu")
 
 
 class ServedModel(MLModel):
+    rest_tensors = True  # rest_tensors.py parses and renders this model's REST tensors
+
     def __init__(self, *args: Any, **kwargs: Any):
         # Before MLServer's on-load callbacks run, which hand the REST app to rest.py.
         environment = NPUEnvironment.from_env()

@@ -183,7 +183,6 @@ class NPUEnvironment(BaseSettings):
     max_queue_size: int = Field(
         128, ge=0, description="requests one model holds (queued and running); 0: unbounded"
     )
-    max_request_bytes: ByteSize = Field(ByteSize(64 * 2**20), gt=0, description="largest REST request body, after decompression")
     allowed_paths: str = Field(
         "", description="folders outside the model folders that settings may name "
         f"({os.pathsep}-separated)"
@@ -203,6 +202,9 @@ class NPUEnvironment(BaseSettings):
     progress_interval: float = Field(10.0, gt=0, description="seconds between progress logs")
     zero_copy: bool = Field(True, description="gRPC raw tensors as numpy views (wire.py)")
     rest_boundary: bool = Field(True, description="the plugin's REST layers (rest.py)")
+    max_request_bytes: ByteSize = Field(
+        ByteSize(64 * 2**20), gt=0, description="largest REST request body, after decompression"
+    )
     keep_going: bool = Field(
         False, description="serve on when a start-up model fails (serve, start: --keep-going)"
     )

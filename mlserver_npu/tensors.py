@@ -106,7 +106,9 @@ def _to_array(data: list, dtype: np.dtype) -> np.ndarray:
     normalised floats, a few for pixels, all of them (one more C loop) when they are many.
     Only refused data is searched, in Python, for the first bad value."""
     dtype = np.dtype(dtype)
-    if dtype.kind not in _ACCEPTED:  # e.g. string tensors: numpy decides
+    if dtype == np.object_:  # string tensors: onnxruntime would turn bytes into "b'x'"
+        return np.array([_text(value) for value in data], dtype)
+    if dtype.kind not in _ACCEPTED:  # numpy decides
         return np.asarray(data, dtype=dtype)
     array = np.empty(len(data), dtype)
     try:
@@ -121,6 +123,15 @@ def _to_array(data: list, dtype: np.dtype) -> np.ndarray:
     if not set(map(type, suspects)) <= _ACCEPTED[dtype.kind][0]:
         raise ValueError(_first_bad(data, dtype))
     return array
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"a BYTES element is not UTF-8 text ({error})") from None
+    return value
 
 
 def _first_bad(data: list, dtype: np.dtype) -> str:
@@ -198,11 +209,11 @@ def check_shape(name: str, shape: Sequence[int], spec: TensorSpec) -> None:
 
 def decode_input(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
     """One request tensor -> a numpy array of the model's dtype and the request's shape."""
-    name = shorten(request_input.name)
+    name = request_input.name  # shortened in messages only (reprlib is slow)
     expected = datatype_of(spec.dtype)
     got = Datatype(request_input.datatype).value
     if got != expected:
-        raise InferenceError(f"input {name}: expected datatype {expected}, got {got}")
+        raise InferenceError(f"input {shorten(name)}: expected datatype {expected}, got {got}")
     shape = request_input.shape
     check_shape(request_input.name, shape, spec)
     data = request_input.data.root
@@ -212,17 +223,18 @@ def decode_input(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
     try:
         data = flatten(data, len(shape))
     except ValueError as error:
-        raise InferenceError(f"input {name}: {error}") from None
+        raise InferenceError(f"input {shorten(name)}: {error}") from None
     expected_size = math.prod(shape)
     if len(data) != expected_size:
         raise InferenceError(
-            f"input {name}: shape {shorten(shape)} needs {expected_size} values, got {len(data)}"
+            f"input {shorten(name)}: shape {shorten(shape)} needs {expected_size} values, "
+            f"got {len(data)}"
         )
     try:
         array = _to_array(data, spec.dtype)
     except (ValueError, TypeError, OverflowError) as error:
         raise InferenceError(
-            f"input {name}: data is not a valid {expected} tensor: {error}"
+            f"input {shorten(name)}: data is not a valid {expected} tensor: {error}"
         ) from None
     return array.reshape(shape)
 

@@ -85,7 +85,7 @@ CHECKED: Dict[str, Tuple[Callable[[], Callable], str]] = {
     ),
 }
 
-_LITTLE_ENDIAN = {
+LITTLE_ENDIAN = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype("u1"),
     "UINT16": np.dtype("<u2"),
@@ -274,31 +274,40 @@ def request_to_types(pb_object: pb.ModelInferRequest) -> InferenceRequest:
 def view(item: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> object:
     """One raw entry as a flat WireArray over `raw` (BYTES: a list of bytes), once it is
     checked against the input's datatype and shape."""
-    name = shorten(item.name)
-    shape = list(item.shape)
+    return raw_view(item.name, item.datatype, list(item.shape), raw)
+
+
+def raw_view(name: str, datatype: str, shape: List[int], raw: bytes) -> object:
+    """Raw little-endian tensor bytes (gRPC raw contents, a REST binary section) as a flat
+    WireArray over them (BYTES: a list of bytes), once checked against datatype and shape.
+    Names are shortened for messages only: reprlib costs more than the checks."""
     if any(dim < 0 for dim in shape):
-        raise InferenceError(f"input {name}: shape {shape} has a negative dimension")
-    if item.datatype == "BYTES":
-        return _unpack_bytes(name, raw, math.prod(shape))
-    dtype = _LITTLE_ENDIAN.get(item.datatype)
-    if dtype is None:
         raise InferenceError(
-            f"input {name}: unknown datatype {shorten(str(item.datatype))}; one of "
-            + ", ".join(list(_LITTLE_ENDIAN) + ["BYTES"])
+            f"input {shorten(name)}: shape {shorten(shape)} has a negative dimension"
+        )
+    if datatype == "BYTES":
+        return _unpack_bytes(name, bytes(raw), math.prod(shape))
+    dtype = LITTLE_ENDIAN.get(datatype)
+    if dtype is None:
+        name = shorten(name)
+        raise InferenceError(
+            f"input {name}: unknown datatype {shorten(str(datatype))}; one of "
+            + ", ".join(list(LITTLE_ENDIAN) + ["BYTES"])
         )
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         raise InferenceError(
-            f"input {name}: {item.datatype} {shape} needs {expected} bytes of raw contents, "
+            f"input {shorten(name)}: {datatype} {shape} needs {expected} bytes of raw contents, "
             f"got {len(raw)}"
         )
-    if dtype == np.bool_ and raw and max(raw) > 1:
-        raise InferenceError(f"input {name}: BOOL raw contents must be bytes 0 or 1")
+    if dtype == np.bool_ and len(raw) and np.frombuffer(raw, np.uint8).max() > 1:
+        raise InferenceError(f"input {shorten(name)}: BOOL raw contents must be bytes 0 or 1")
     return np.frombuffer(raw, dtype).view(WireArray)
 
 
 def _unpack_bytes(name: str, raw: bytes, count: int) -> List[bytes]:
     """Triton's BYTES serialization: each element a 4-byte little-endian length, then data."""
+    name = shorten(name)
     elements = []
     offset, end = 0, len(raw)
     while offset < end:
@@ -336,7 +345,7 @@ def response_from_types(
         data = _data(output)
         if isinstance(data, WireArray):
             if use_raw:
-                dtype = _LITTLE_ENDIAN[getattr(output.datatype, "value", output.datatype)]
+                dtype = LITTLE_ENDIAN[getattr(output.datatype, "value", output.datatype)]
                 raw.append(data.astype(dtype, copy=False).tobytes())
                 output.data = []  # as extract_raw does
             else:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from server import REPO
 
-NPU_TARGETS = ["npu-rest", "npu-grpc", "npu-batch-rest", "npu-batch-grpc", "npu-batcher-rest",
-               "npu-batcher-grpc"]
-TARGETS = ["raw", *NPU_TARGETS, "echo-rest", "echo-grpc", "fastapi"]
+NPU_TARGETS = ["npu-rest", "npu-rest-binary", "npu-grpc", "npu-batch-rest", "npu-batch-grpc",
+               "npu-batcher-rest", "npu-batcher-grpc"]
+# npu-rest-mlserver: a second server with the REST boundary off (no simulated NPU there)
+TARGETS = ["raw", *NPU_TARGETS[:2], "npu-rest-mlserver", *NPU_TARGETS[2:], "echo-rest",
+           "echo-grpc", "fastapi"]
 # The simulated NPU exists only behind mlserver-npu.
 PLAN = [("digits", t) for t in TARGETS] + [("npu-sim", t) for t in NPU_TARGETS]
 

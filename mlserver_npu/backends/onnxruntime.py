@@ -247,8 +247,8 @@ def reshaped(model_path: Path, shapes: Mapping[str, List[int]]) -> bytes:
 INLINE_RUN_SECONDS = 50e-6
 
 
-def _rows(feeds: Mapping[str, np.ndarray]) -> int:
-    return max((array.shape[0] for array in feeds.values() if array.ndim), default=1)
+def _elements(feeds: Mapping[str, np.ndarray]) -> int:
+    return max(sum(array.size for array in feeds.values()), 1)
 
 
 _STATUS = re.compile(
@@ -293,26 +293,31 @@ class OnnxRuntimeSession:
         self.outputs = _specs(session.get_outputs())
         self.metadata: Dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
         self._output_names = [spec.name for spec in self.outputs]
-        self._seconds_per_row = math.inf  # the latest run's; unknown until the first run
+        # What a run costs per input element: the fastest run seen, as contention (other
+        # requests, other processes) only ever makes a run look slower than it is. Deciding
+        # from the latest run sent every tiny run to a thread once the server was busy.
+        self._seconds_per_element = math.inf  # unknown until the first run (the warm-up)
         # A failed run raises with the reason, which the runtime reports: without this,
         # onnxruntime also prints it to stderr at ERROR, once per rejected request.
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
 
-    def _run(self, feeds: Dict[str, np.ndarray], rows: int) -> List[np.ndarray]:
+    def _run(self, feeds: Dict[str, np.ndarray], elements: int) -> List[np.ndarray]:
         start = time.perf_counter()
         results = self._session.run(self._output_names, feeds, self._run_options)
-        self._seconds_per_row = (time.perf_counter() - start) / max(rows, 1)
+        cost = (time.perf_counter() - start) / elements
+        if cost < self._seconds_per_element:
+            self._seconds_per_element = cost
         return results
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        rows = _rows(feeds)
+        elements = _elements(feeds)
         try:
-            if self._seconds_per_row * rows < INLINE_RUN_SECONDS:
-                results = self._run(dict(feeds), rows)
+            if self._seconds_per_element * elements < INLINE_RUN_SECONDS:
+                results = self._run(dict(feeds), elements)
             else:
                 # ORT releases the GIL while it computes: a thread keeps the event loop free.
-                results = await asyncio.to_thread(self._run, dict(feeds), rows)
+                results = await asyncio.to_thread(self._run, dict(feeds), elements)
         except (InvalidArgument, Fail) as error:
             if rejects_input(error):
                 raise InvalidInput(run_failure(error)) from error
