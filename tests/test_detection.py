@@ -233,6 +233,22 @@ def test_a_batch_of_differently_sized_images_gets_the_reference_boxes_over_rest(
         assert sorted(classes[:count].tolist()) == digits
 
 
+def test_images_of_extreme_aspect_ratio_are_letterboxed_to_at_least_a_pixel(live, session):
+    """A 1x100000 or 2x100000 image's short side rounds to 0 pixels at 128x128: it is
+    letterboxed as 1 pixel (OpenCV refuses a resize to 0); the other images of the request
+    keep their reference boxes."""
+    slivers = [encode(Image.new("L", size, 255), "PNG") for size in ((100_000, 1), (2, 100_000))]
+    files = [slivers[0], FILES[0], slivers[1]]
+    response = live.infer("digits-detector", [_images(files)])
+    assert response.status_code == 200, response.text
+    outputs = rest_outputs(response)
+    assert outputs["num_detections"].shape == (3,)
+    (expected,) = reference(session, FILES[:1])
+    n = len(expected[1])
+    assert outputs["num_detections"][1] == n
+    np.testing.assert_allclose(outputs["detection_boxes"][1, :n], expected[0], atol=1e-3)
+
+
 def test_an_openvino_ir_takes_its_labels_from_its_rt_info(live, session):
     outputs = rest_outputs(live.infer("detector-openvino", [_images(FILES)]))
     for index, (boxes, scores, classes) in enumerate(reference(session, FILES)):

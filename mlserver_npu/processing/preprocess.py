@@ -176,7 +176,9 @@ class Letterbox(_Op):
         ratio = min(height / image.height, width / image.width)
         if not self.scale_up:
             ratio = min(ratio, 1.0)
-        inner_h, inner_w = int(round(image.height * ratio)), int(round(image.width * ratio))
+        # at least one pixel: a 1x100000 image would round its short side to 0
+        inner_h = max(int(round(image.height * ratio)), 1)
+        inner_w = max(int(round(image.width * ratio)), 1)
         pad_h, pad_w = height - inner_h, width - inner_w
         top = left = 0
         if self.position == "center":
