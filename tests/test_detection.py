@@ -557,6 +557,12 @@ def test_a_dynamic_model_that_refuses_ones_fails_the_load_saying_what_to_set(liv
 
 BROKEN = [
     ("unknown-decoder", {"decoder": "yolov99"}, ["'yolov99'", "known", "yolov8"]),
+    ("decoder-type-list", {"decoder": {"type": ["yolov8"]}},
+     ["decoder.type must be a decoder name", "yolov8", "got list ['yolov8']"]),
+    ("decoder-type-object", {"decoder": {"type": {"name": "yolov8"}}},
+     ["decoder.type must be a decoder name", "got dict"]),
+    ("decoder-type-number", {"decoder": {"type": 8}}, ["decoder.type", "got int 8"]),
+    ("decoder-type-missing", {"decoder": {"output": "output0"}}, ["decoder.type", "it is missing"]),
     ("confidence-out-of-range", {"confidence_threshold": 1.5},
      ["'parameters.extra.postprocess.confidence_threshold'", "less than or equal to 1"]),
     ("max-detections-not-a-number", {"max_detections": "many"},
