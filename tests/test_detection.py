@@ -390,6 +390,9 @@ BAD_PARAMETERS = [
     ({"confidence_threshold": "x" * 5000}, ["confidence_threshold", "a number", "no number"]),
     ({"max_detections": [1] * 1000}, ["max_detections", "an integer", "..."]),
     ({"iou_threshold": True}, ["iou_threshold", "a number"]),
+    ({"confidence_threshold": None},
+     ["parameter 'confidence_threshold' must be a number from 0 to 1, got null"]),
+    ({"max_detections": None}, ["'max_detections' must be an integer from 1 to 10000"]),
 ]
 
 

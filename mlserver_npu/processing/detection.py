@@ -30,7 +30,7 @@ from .decoders import Candidates, Decoder, create_decoder
 from .decoders.weighted import weighted_nms
 from .geometry import Geometry
 from .postprocess import (
-    BuildContext, Planned, Postprocess, RequestContext, check_parameter, request_parameter,
+    BuildContext, Planned, Postprocess, RequestContext, request_parameter,
 )
 
 logger = logging.getLogger("mlserver.npu")
@@ -301,10 +301,8 @@ class Detection(Postprocess):
         }
         chosen = {}
         for name, (default, kind, low, high) in values.items():
-            given = request_parameter(parameters, name)
-            chosen[name] = default if given is None else check_parameter(
-                name, given, kind, low, high
-            )
+            given = request_parameter(parameters, name, kind, low, high)
+            chosen[name] = default if given is None else given
         return Options(**chosen)
 
     def detect(

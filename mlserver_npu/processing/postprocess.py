@@ -237,19 +237,24 @@ def check_parameter(name: str, value: Any, kind: type, low: float, high: float) 
     return kind(value)
 
 
-def request_parameter(parameters: Optional[Parameters], name: str) -> Any:
-    """The request parameter `name`, or None when the request has none (MLServer keeps
-    parameters it does not know as extras)."""
+def request_parameter(
+    parameters: Optional[Parameters], name: str, kind: type, low: float, high: float
+) -> Any:
+    """The request parameter `name` checked by check_parameter, or None when the request has
+    none (MLServer keeps parameters it does not know as extras)."""
     if parameters is None:
         return None
     extras = parameters.model_extra or {}
     if name in extras and extras[name] is None:
+        wanted = "an integer" if kind is int else "a number"
+        # REST's null and gRPC's double_param (MLServer's protocol has none) both arrive so
         raise InferenceError(
-            f"parameter '{name}' arrived without a value: over gRPC, MLServer's protocol has "
-            "no double_param (tritonclient sends floats as one); send the number as a string, "
-            f"e.g. '{name}': '0.5'"
+            f"parameter '{name}' must be {wanted} from {low:g} to {high:g}, got null; over "
+            f"gRPC, where a double_param arrives empty, send the number as a string, e.g. "
+            f"'{name}': '0.5'"
         )
-    return extras.get(name, getattr(parameters, name, None))
+    value = extras.get(name, getattr(parameters, name, None))
+    return None if value is None else check_parameter(name, value, kind, low, high)
 
 
 def per_image(name: str, array: np.ndarray, tiles: Optional[Sequence[int]]) -> np.ndarray:
