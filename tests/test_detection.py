@@ -572,7 +572,8 @@ BROKEN = [
      ["'parameters.extra.postprocess.max_detections'"]),
     ("unknown-key", {"treshold": 0.5}, ["unknown key 'parameters.extra.postprocess.treshold'"]),
     ("short-labels", {"labels": ["zero", "one", "two"]}, ["has 3 labels", "10 classes"]),
-    ("labels-file-missing", {"labels": "nowhere.txt"}, ["nowhere.txt", "does not exist"]),
+    ("labels-file-missing", {"labels": "nowhere.txt"},
+     ["nowhere.txt", "'parameters.extra.postprocess.labels'", "does not exist"]),
     ("unknown-type", {"type": "detektion"}, ["'parameters.extra.postprocess.type'", "detektion"]),
 ]
 

@@ -440,7 +440,7 @@ POSTPROCESS = _digits_extra()["postprocess"]
 BROKEN = [
     ("labels-missing", "../digits/model.onnx",
      _digits_extra(postprocess=dict(POSTPROCESS, labels="nowhere.txt")),
-     ["labels file", "nowhere.txt", "does not exist"]),
+     ["labels file", "nowhere.txt", "('parameters.extra.postprocess.labels') does not exist"]),
     ("labels-short", "../digits/model.onnx",
      _digits_extra(postprocess=dict(POSTPROCESS, labels="short.txt")),
      ["short.txt", "has 5 labels", "output 'probabilities' has 10 classes"]),
