@@ -574,6 +574,8 @@ BROKEN = [
     ("short-labels", {"labels": ["zero", "one", "two"]}, ["has 3 labels", "10 classes"]),
     ("labels-file-missing", {"labels": "nowhere.txt"},
      ["nowhere.txt", "'parameters.extra.postprocess.labels'", "does not exist"]),
+    ("output-name-taken", {"output_names": {"boxes": "output0"}},
+     ["postprocess.output_names.boxes 'output0'", "name of a model output"]),
     ("unknown-type", {"type": "detektion"}, ["'parameters.extra.postprocess.type'", "detektion"]),
 ]
 

@@ -200,6 +200,9 @@ BROKEN = [
      segmenter(), ["'parameters.extra.postprocess.threshold'"]),
     ("seg-unknown-output", {"preprocess": SEGMENT, "postprocess": {**POST, "output": "masks"}},
      segmenter(), ["'masks' is not a model output", "mask"]),
+    ("seg-output-name-taken",
+     {"preprocess": SEGMENT, "postprocess": {**POST, "output_names": {"class_map": "mask"}}},
+     segmenter(), ["postprocess.output_names.class_map 'mask'", "name of a model output"]),
     ("seg-duplicate-names", {"preprocess": SEGMENT, "postprocess": [POST, POST]}, segmenter(),
      ["both output 'class_map'"]),
 ]

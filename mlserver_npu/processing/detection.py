@@ -30,7 +30,8 @@ from .decoders import Candidates, Decoder, create_decoder
 from .decoders.weighted import weighted_nms
 from .geometry import Geometry
 from .postprocess import (
-    BuildContext, Planned, Postprocess, RequestContext, request_parameter,
+    BuildContext, Planned, Postprocess, RequestContext, check_output_names,
+    request_parameter,
 )
 
 logger = logging.getLogger("mlserver.npu")
@@ -232,6 +233,7 @@ class Detection(Postprocess):
                 "postprocess 'detection' maps boxes back to whole images: it does not take "
                 "images cut into tiles"
             )
+        check_output_names(settings.output_names, outputs)
         try:
             decoder = create_decoder(settings.decoder, outputs, context.input_size)
         except ConfigurationError as error:

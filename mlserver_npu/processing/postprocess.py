@@ -208,6 +208,20 @@ def build_all(
     return built
 
 
+def check_output_names(names: BaseModel, outputs: Sequence[TensorSpec]) -> None:
+    """An `output_names` entry set to a model output's name would hide that output: a load
+    error naming both. Defaults may equal the model's own (a TF detector's detection_boxes,
+    which the postprocess replaces on purpose): only names the settings give are checked."""
+    model_outputs = {spec.name for spec in outputs}
+    for key in sorted(names.model_fields_set):
+        name = getattr(names, key)
+        if name in model_outputs:
+            raise ConfigurationError(
+                f"postprocess.output_names.{key} '{name}' is the name of a model output, "
+                "which it would hide: choose another name"
+            )
+
+
 def check_parameter(name: str, value: Any, kind: type, low: float, high: float) -> Any:
     """A per-request override from the request `parameters`: a number of `kind` (int or
     float) within [low, high], else a 400 naming the parameter. A string holding a number is

@@ -23,7 +23,7 @@ from .classification import read_labels
 from .detection import metadata_labels
 from .draw import at_size
 from .geometry import Geometry
-from .postprocess import BuildContext, Planned, Postprocess, RequestContext
+from .postprocess import BuildContext, Planned, Postprocess, RequestContext, check_output_names
 
 Colour = Tuple[int, int, int]
 
@@ -99,6 +99,7 @@ class Segmentation(Postprocess):
                 "postprocess 'segmentation' maps masks back to whole images: it does not take "
                 "images cut into tiles"
             )
+        check_output_names(settings.output_names, outputs)
         names = [spec.name for spec in outputs]
         if settings.output is not None:
             if settings.output not in names:
