@@ -574,6 +574,10 @@ BROKEN = [
     ("short-labels", {"labels": ["zero", "one", "two"]}, ["has 3 labels", "10 classes"]),
     ("labels-file-missing", {"labels": "nowhere.txt"},
      ["nowhere.txt", "'parameters.extra.postprocess.labels'", "does not exist"]),
+    # the digits detector's output0 is YOLOv8's 4+10 channels; its metadata names 10 classes
+    ("yolov8-read-as-yolov5", {"decoder": "yolov5"},
+     ["output 'output0' has shape [?, 14, ", "expected [batch, 5+10 = 15, anchors]",
+      "metadata names 10 classes", "its channels give 9"]),
     ("output-name-taken", {"output_names": {"boxes": "output0"}},
      ["postprocess.output_names.boxes 'output0'", "name of a model output"]),
     ("unknown-type", {"type": "detektion"}, ["'parameters.extra.postprocess.type'", "detektion"]),
