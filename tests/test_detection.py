@@ -233,6 +233,22 @@ def test_a_batch_of_differently_sized_images_gets_the_reference_boxes_over_rest(
         assert sorted(classes[:count].tolist()) == digits
 
 
+def test_images_of_extreme_aspect_ratio_are_letterboxed_to_at_least_a_pixel(live, session):
+    """A 1x100000 or 2x100000 image's short side rounds to 0 pixels at 128x128: it is
+    letterboxed as 1 pixel (OpenCV refuses a resize to 0); the other images of the request
+    keep their reference boxes."""
+    slivers = [encode(Image.new("L", size, 255), "PNG") for size in ((100_000, 1), (2, 100_000))]
+    files = [slivers[0], FILES[0], slivers[1]]
+    response = live.infer("digits-detector", [_images(files)])
+    assert response.status_code == 200, response.text
+    outputs = rest_outputs(response)
+    assert outputs["num_detections"].shape == (3,)
+    (expected,) = reference(session, FILES[:1])
+    n = len(expected[1])
+    assert outputs["num_detections"][1] == n
+    np.testing.assert_allclose(outputs["detection_boxes"][1, :n], expected[0], atol=1e-3)
+
+
 def test_an_openvino_ir_takes_its_labels_from_its_rt_info(live, session):
     outputs = rest_outputs(live.infer("detector-openvino", [_images(FILES)]))
     for index, (boxes, scores, classes) in enumerate(reference(session, FILES)):
@@ -374,6 +390,9 @@ BAD_PARAMETERS = [
     ({"confidence_threshold": "x" * 5000}, ["confidence_threshold", "a number", "no number"]),
     ({"max_detections": [1] * 1000}, ["max_detections", "an integer", "..."]),
     ({"iou_threshold": True}, ["iou_threshold", "a number"]),
+    ({"confidence_threshold": None},
+     ["parameter 'confidence_threshold' must be a number from 0 to 1, got null"]),
+    ({"max_detections": None}, ["'max_detections' must be an integer from 1 to 10000"]),
 ]
 
 
@@ -541,13 +560,26 @@ def test_a_dynamic_model_that_refuses_ones_fails_the_load_saying_what_to_set(liv
 
 BROKEN = [
     ("unknown-decoder", {"decoder": "yolov99"}, ["'yolov99'", "known", "yolov8"]),
+    ("decoder-type-list", {"decoder": {"type": ["yolov8"]}},
+     ["decoder.type must be a decoder name", "yolov8", "got list ['yolov8']"]),
+    ("decoder-type-object", {"decoder": {"type": {"name": "yolov8"}}},
+     ["decoder.type must be a decoder name", "got dict"]),
+    ("decoder-type-number", {"decoder": {"type": 8}}, ["decoder.type", "got int 8"]),
+    ("decoder-type-missing", {"decoder": {"output": "output0"}}, ["decoder.type", "it is missing"]),
     ("confidence-out-of-range", {"confidence_threshold": 1.5},
      ["'parameters.extra.postprocess.confidence_threshold'", "less than or equal to 1"]),
     ("max-detections-not-a-number", {"max_detections": "many"},
      ["'parameters.extra.postprocess.max_detections'"]),
     ("unknown-key", {"treshold": 0.5}, ["unknown key 'parameters.extra.postprocess.treshold'"]),
     ("short-labels", {"labels": ["zero", "one", "two"]}, ["has 3 labels", "10 classes"]),
-    ("labels-file-missing", {"labels": "nowhere.txt"}, ["nowhere.txt", "does not exist"]),
+    ("labels-file-missing", {"labels": "nowhere.txt"},
+     ["nowhere.txt", "'parameters.extra.postprocess.labels'", "does not exist"]),
+    # the digits detector's output0 is YOLOv8's 4+10 channels; its metadata names 10 classes
+    ("yolov8-read-as-yolov5", {"decoder": "yolov5"},
+     ["output 'output0' has shape [?, 14, ", "expected [batch, 5+10 = 15, anchors]",
+      "metadata names 10 classes", "its channels give 9"]),
+    ("output-name-taken", {"output_names": {"boxes": "output0"}},
+     ["postprocess.output_names.boxes 'output0'", "name of a model output"]),
     ("unknown-type", {"type": "detektion"}, ["'parameters.extra.postprocess.type'", "detektion"]),
 ]
 

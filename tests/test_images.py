@@ -37,6 +37,11 @@ IDENTITY_MODELS = {
     "identity-imagenet": (F, ["N", 3, 224, 224], {"preprocess": "imagenet"}, None),
     "identity-imagenet-112": (F, ["N", 3, 112, 112], {"preprocess": "imagenet"}, None),
     "identity-mnist": (F, ["N", 1, 28, 28], {"preprocess": "mnist"}, None),
+    # PaddleOCR's `min` limit enlarges the shorter side, the longer along with it
+    "identity-multiple": (F, ["N", 3, "H", "W"], {"preprocess": [
+        {"op": "resize_to_multiple", "limit_side_len": 736, "limit_type": "min"},
+        {"op": "layout", "layout": "NCHW"},
+    ]}, None),
     "identity-ops": (F, ["N", "H", "W", 3], {"preprocess": OPS}, None),
     # no preprocess: images still work with the model's size, layout and dtype; model-settings
     # declares the input and the output as images
@@ -333,6 +338,9 @@ def test_concurrent_image_requests_under_adaptive_batching_get_their_own_labels(
 GOOD = encode(photo(40, 40, 18), "PNG")
 TRUNCATED = encode(photo(200, 200, 19), "JPEG")[:5000]  # header intact, pixels cut
 BOMB = images.png_claiming(2000, 1001)  # 2,002,000 pixels > MAX_PIXELS
+# 200,000 pixels in a few hundred bytes, but 12.8 M after the imagenet preset's shorter side
+# 256 (36.8 M after resize_to_multiple's min 736): every op's result counts against MAX_PIXELS
+SLIVER = encode(Image.new("RGB", (100_000, 2)), "PNG")
 
 # (id, model, input tensor, requested outputs, words the error must contain)
 BAD_REQUESTS = [
@@ -363,6 +371,11 @@ BAD_REQUESTS = [
      None, ["input 'input'", "needs datatype BYTES"]),
     ("model-without-image-shape", "digits", _images_input([GOOD], content_type="image"),
      None, ["input 'input'", "an image gives 4800 values", "[-1, 64]", "takes 64"]),
+    ("sliver-imagenet", "squeezenet-image", _images_input([GOOD, SLIVER], "data_0"),
+     None, ["input 'data_0', batch index 1", "2x100000", "'resize' would make it 256x12800000",
+            f"more than the {MAX_PIXELS}", "max_image_pixels"]),
+    ("sliver-resize-to-multiple", "identity-multiple", _images_input([SLIVER], "x"),
+     None, ["input 'x', batch index 0", "'resize_to_multiple' would make it 736x36800000"]),
     ("bad-class-count", "digits-image", _images_input([GOOD]),
      [{"name": "probabilities", "parameters": {"classification": -2}}],
      ["output 'probabilities'", "non-negative integer"]),
@@ -427,7 +440,7 @@ POSTPROCESS = _digits_extra()["postprocess"]
 BROKEN = [
     ("labels-missing", "../digits/model.onnx",
      _digits_extra(postprocess=dict(POSTPROCESS, labels="nowhere.txt")),
-     ["labels file", "nowhere.txt", "does not exist"]),
+     ["labels file", "nowhere.txt", "('parameters.extra.postprocess.labels') does not exist"]),
     ("labels-short", "../digits/model.onnx",
      _digits_extra(postprocess=dict(POSTPROCESS, labels="short.txt")),
      ["short.txt", "has 5 labels", "output 'probabilities' has 10 classes"]),

@@ -433,3 +433,14 @@ def test_a_request_at_threshold_0_is_answered_with_at_most_the_cut(served, layou
     assert above.sum() == len(usual["scores"]) >= 3
     np.testing.assert_array_equal(found["scores"][above], usual["scores"])
     np.testing.assert_array_equal(found["boxes"][above], usual["boxes"])
+
+
+def test_an_image_without_faces_gets_no_detections(served):
+    """Weighted NMS with no candidate left (a blank image): 0 detections, not a 500 from
+    reshaping the empty keypoints."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(buffer, "PNG")
+    blank = buffer.getvalue()
+    for (found,) in rest_and_grpc(served, "face-detection", "input", [blank]):
+        assert len(found["scores"]) == 0 and found["labels"] == []
+        assert found["keypoints"].shape == (0, 6, 2)

@@ -191,7 +191,26 @@ def test_one_model_with_a_detection_and_a_segmentation_output(live, session):
     assert "output0" not in outputs and "seg_mask" not in outputs
 
 
+def flattened_scores() -> bytes:
+    """x [N, 3, 121, 121] -> 14 channels, each a flattened 121x121 map: [N, 14, 14641]."""
+    weights = np.linspace(-1, 1, 14 * 3, dtype=np.float32).reshape(14, 3, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]),
+         helper.make_node("Reshape", ["c", "shape"], ["y"])],
+        "flattened",
+        [helper.make_tensor_value_info("x", F, ["N", 3, 121, 121])],
+        [helper.make_tensor_value_info("y", F, ["N", 14, 14641])],
+        [numpy_helper.from_array(weights, "w"),
+         numpy_helper.from_array(np.array([0, 14, -1], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
+
+
 BROKEN = [
+    ("seg-flattened", {"postprocess": {"type": "segmentation"}}, flattened_scores(),
+     ["output 'y' [-1, 14, 14641] is not a map of the 121x121 model input",
+      "14x14641 (height x width)", "[batch, classes, height, width]"]),
     ("seg-wrong-shape", {"postprocess": {"type": "segmentation"}}, identity_model(F, ["N", 6]),
      ["output 'y'", "[-1, 6]"]),
     ("seg-two-outputs", {"preprocess": SEGMENT, "postprocess": {"type": "segmentation"}},
@@ -200,6 +219,9 @@ BROKEN = [
      segmenter(), ["'parameters.extra.postprocess.threshold'"]),
     ("seg-unknown-output", {"preprocess": SEGMENT, "postprocess": {**POST, "output": "masks"}},
      segmenter(), ["'masks' is not a model output", "mask"]),
+    ("seg-output-name-taken",
+     {"preprocess": SEGMENT, "postprocess": {**POST, "output_names": {"class_map": "mask"}}},
+     segmenter(), ["postprocess.output_names.class_map 'mask'", "name of a model output"]),
     ("seg-duplicate-names", {"preprocess": SEGMENT, "postprocess": [POST, POST]}, segmenter(),
      ["both output 'class_map'"]),
 ]

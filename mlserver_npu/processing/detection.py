@@ -27,10 +27,13 @@ from ..errors import ConfigurationError, shorten
 from ..tensors import content_type_of, encode_output
 from .classification import read_labels
 from .decoders import Candidates, Decoder, create_decoder
+from .decoders.base import shape_text
+from .decoders.yolov8 import YOLOv8Decoder
 from .decoders.weighted import weighted_nms
 from .geometry import Geometry
 from .postprocess import (
-    BuildContext, Planned, Postprocess, RequestContext, check_parameter, request_parameter,
+    BuildContext, Planned, Postprocess, RequestContext, check_output_names,
+    request_parameter,
 )
 
 logger = logging.getLogger("mlserver.npu")
@@ -206,6 +209,28 @@ class Detections:
         return strings
 
 
+def _check_metadata_classes(
+    count: int, decoder: Decoder, outputs: Sequence[TensorSpec]
+) -> None:
+    """A YOLO output whose channels, read with the configured layout, give another number of
+    classes than the model's metadata names (Ultralytics writes them exactly) is another
+    layout: a YOLOv8 head (4+classes) read as YOLOv5 (5+classes) loaded and found nothing."""
+    if not isinstance(decoder, YOLOv8Decoder) or decoder.settings.classes is not None:
+        return
+    if decoder.classes is None or decoder.classes == count:
+        return
+    spec = decoder.spec
+    layout = f"{decoder.head}+{count}" + (f"+{decoder.extra}" if decoder.extra else "")
+    channels = decoder.head + count + decoder.extra
+    expected = f"[batch, {layout} = {channels}, anchors] or [batch, anchors, {channels}]"
+    raise ConfigurationError(
+        f"output '{spec.name}' has shape {shape_text(spec.shape)}, expected {expected}: the "
+        f"model's metadata names {count} classes, but as '{decoder.settings.type}' "
+        f"({decoder.head}+classes) its channels give {decoder.classes}; set the decoder that "
+        "matches the model's export"
+    )
+
+
 class Detection(Postprocess):
     """`"type": "detection"`."""
 
@@ -232,11 +257,14 @@ class Detection(Postprocess):
                 "postprocess 'detection' maps boxes back to whole images: it does not take "
                 "images cut into tiles"
             )
+        check_output_names(settings.output_names, outputs)
         try:
             decoder = create_decoder(settings.decoder, outputs, context.input_size)
         except ConfigurationError as error:
             raise ConfigurationError(f"postprocess 'detection': {error}") from None
         labels = cls._labels(settings, context, decoder)
+        if settings.labels is None and labels is not None:
+            _check_metadata_classes(len(labels), decoder, outputs)
         return cls(settings, decoder, labels, decoder.keypoints or None, context.input_size)
 
     @staticmethod
@@ -301,10 +329,8 @@ class Detection(Postprocess):
         }
         chosen = {}
         for name, (default, kind, low, high) in values.items():
-            given = request_parameter(parameters, name)
-            chosen[name] = default if given is None else check_parameter(
-                name, given, kind, low, high
-            )
+            given = request_parameter(parameters, name, kind, low, high)
+            chosen[name] = default if given is None else given
         return Options(**chosen)
 
     def detect(

@@ -59,7 +59,7 @@ class InputDecoder:
         self._preprocessors: Dict[str, Union[Preprocessor, ConfigurationError]] = {}
         for spec in self.specs:
             try:
-                self._preprocessors[spec.name] = Preprocessor(preprocess or [], spec)
+                self._preprocessors[spec.name] = Preprocessor(preprocess or [], spec, max_pixels)
             except ConfigurationError as error:
                 self._preprocessors[spec.name] = error
         fitting = [n for n, p in self._preprocessors.items() if isinstance(p, Preprocessor)]

@@ -209,6 +209,20 @@ def build_all(
     return built
 
 
+def check_output_names(names: BaseModel, outputs: Sequence[TensorSpec]) -> None:
+    """An `output_names` entry set to a model output's name would hide that output: a load
+    error naming both. Defaults may equal the model's own (a TF detector's detection_boxes,
+    which the postprocess replaces on purpose): only names the settings give are checked."""
+    model_outputs = {spec.name for spec in outputs}
+    for key in sorted(names.model_fields_set):
+        name = getattr(names, key)
+        if name in model_outputs:
+            raise ConfigurationError(
+                f"postprocess.output_names.{key} '{name}' is the name of a model output, "
+                "which it would hide: choose another name"
+            )
+
+
 def check_parameter(name: str, value: Any, kind: type, low: float, high: float) -> Any:
     """A per-request override from the request `parameters`: a number of `kind` (int or
     float) within [low, high], else a 400 naming the parameter. A string holding a number is
@@ -238,19 +252,24 @@ def check_parameter(name: str, value: Any, kind: type, low: float, high: float) 
     return kind(value)
 
 
-def request_parameter(parameters: Optional[Parameters], name: str) -> Any:
-    """The request parameter `name`, or None when the request has none (MLServer keeps
-    parameters it does not know as extras)."""
+def request_parameter(
+    parameters: Optional[Parameters], name: str, kind: type, low: float, high: float
+) -> Any:
+    """The request parameter `name` checked by check_parameter, or None when the request has
+    none (MLServer keeps parameters it does not know as extras)."""
     if parameters is None:
         return None
     extras = parameters.model_extra or {}
     if name in extras and extras[name] is None:
+        wanted = "an integer" if kind is int else "a number"
+        # REST's null and gRPC's double_param (MLServer's protocol has none) both arrive so
         raise InferenceError(
-            f"parameter '{name}' arrived without a value: over gRPC, MLServer's protocol has "
-            "no double_param (tritonclient sends floats as one); send the number as a string, "
-            f"e.g. '{name}': '0.5'"
+            f"parameter '{name}' must be {wanted} from {low:g} to {high:g}, got null; over "
+            f"gRPC, where a double_param arrives empty, send the number as a string, e.g. "
+            f"'{name}': '0.5'"
         )
-    return extras.get(name, getattr(parameters, name, None))
+    value = extras.get(name, getattr(parameters, name, None))
+    return None if value is None else check_parameter(name, value, kind, low, high)
 
 
 def per_image(name: str, array: np.ndarray, tiles: Optional[Sequence[int]]) -> np.ndarray:

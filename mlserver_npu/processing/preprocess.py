@@ -137,6 +137,9 @@ class CenterCrop(_Op):
     op: Literal["center_crop"]
     size: Size
 
+    def output_size(self, height: int, width: int) -> Tuple[int, int]:
+        return _hw(self.size)
+
     def apply(self, image: Image.Image, geometry: Geometry) -> Step:
         height, width = _hw(self.size)
         if (height, width) == (image.height, image.width):
@@ -163,6 +166,9 @@ class Letterbox(_Op):
     scale_up: bool = Field(True, description="false: images smaller than size are only padded")
     resample: Resample = "cv2_linear"
 
+    def output_size(self, height: int, width: int) -> Tuple[int, int]:
+        return _hw(self.size) if self.size is not None else (height, width)
+
     def apply(self, image: Image.Image, geometry: Geometry) -> Step:
         if self.size is None:
             raise PreprocessError("letterbox needs a size for a model of dynamic height and width")
@@ -170,7 +176,9 @@ class Letterbox(_Op):
         ratio = min(height / image.height, width / image.width)
         if not self.scale_up:
             ratio = min(ratio, 1.0)
-        inner_h, inner_w = int(round(image.height * ratio)), int(round(image.width * ratio))
+        # at least one pixel: a 1x100000 image would round its short side to 0
+        inner_h = max(int(round(image.height * ratio)), 1)
+        inner_w = max(int(round(image.width * ratio)), 1)
         pad_h, pad_w = height - inner_h, width - inner_w
         top = left = 0
         if self.position == "center":
@@ -396,7 +404,9 @@ def _final_size(geometry: List[Any]) -> Optional[Tuple[int, int]]:
 class Preprocessor:
     """The ops compiled for one model input: images in, that input's tensor out."""
 
-    def __init__(self, ops: Sequence[Any], spec: TensorSpec):
+    def __init__(self, ops: Sequence[Any], spec: TensorSpec, max_pixels: Optional[int] = None):
+        """`max_pixels`: the most pixels an intermediate image may have (the model's
+        max_image_pixels), unless an op's fixed size is larger."""
         def find(kind):
             return next((op for op in ops if isinstance(op, kind)), None)
 
@@ -441,6 +451,12 @@ class Preprocessor:
                 raise ConfigurationError(
                     f"letterbox needs a 'size': {_describe(spec)} has a dynamic height and width"
                 )
+        fixed = [
+            math.prod(_hw(op.size))
+            for op in self.before_tiles + self.geometry
+            if getattr(op, "size", None) is not None
+        ]
+        self.max_pixels = None if max_pixels is None else max([max_pixels, *fixed])
         self.size = _final_size(self.geometry) or (_hw(self.tiles.size) if self.tiles else None)
         self.arrays = [op for op in ops if isinstance(op, ARRAY_OPS)]
         for op in self.arrays:
@@ -485,6 +501,27 @@ class Preprocessor:
         out_height, out_width = self.geometry[0].output_size(height, width)
         return out_width, out_height
 
+    def _geometry(
+        self, ops: Sequence[Any], image: Image.Image, geometry: Geometry, index: int
+    ) -> Step:
+        """`ops` applied to one image, each op's output size checked before it is computed:
+        one whose size follows the aspect ratio (resize shorter_side, resize_to_multiple
+        min) can make a tiny image of extreme aspect ratio gigapixels."""
+        for op in ops:
+            height, width = op.output_size(image.height, image.width)
+            if self.max_pixels is not None and height * width > self.max_pixels:
+                raise PreprocessError(
+                    f"the image is {image.height}x{image.width} (height x width): '{op.op}' would "
+                    f"make it {height}x{width} = {height * width} pixels, more than the "
+                    f"{self.max_pixels} this model allows (parameters.extra.max_image_pixels)",
+                    index,
+                )
+            try:
+                image, geometry = op.apply(image, geometry)
+            except PreprocessError as error:
+                raise PreprocessError(str(error), index) from None
+        return image, geometry
+
     def _convert(self, image: Image.Image, index: int) -> Image.Image:
         if image.mode.startswith("I;16"):
             # 16-bit grayscale: keep the high byte (Pillow's convert would clip at 255)
@@ -506,8 +543,7 @@ class Preprocessor:
         counts = []
         for index, (image, geometry) in enumerate(zip(images, geometries)):
             image = self._convert(image, index)
-            for op in self.before_tiles:
-                image, geometry = op.apply(image, geometry)
+            image, geometry = self._geometry(self.before_tiles, image, geometry, index)
             try:
                 parts = self.tiles.apply(image, geometry)
             except PreprocessError as error:
@@ -528,11 +564,7 @@ class Preprocessor:
         placed = []
         for index, (image, geometry) in enumerate(zip(images, geometries)):
             image = self._convert(image, index)
-            try:
-                for op in self.geometry:
-                    image, geometry = op.apply(image, geometry)
-            except PreprocessError as error:
-                raise PreprocessError(str(error), index) from None
+            image, geometry = self._geometry(self.geometry, image, geometry, index)
             arrays.append(np.asarray(image))
             placed.append(geometry)
         sizes = sorted({a.shape[:2] for a in arrays})

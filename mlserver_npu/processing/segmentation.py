@@ -23,7 +23,7 @@ from .classification import read_labels
 from .detection import metadata_labels
 from .draw import at_size
 from .geometry import Geometry
-from .postprocess import BuildContext, Planned, Postprocess, RequestContext
+from .postprocess import BuildContext, Planned, Postprocess, RequestContext, check_output_names
 
 Colour = Tuple[int, int, int]
 
@@ -66,6 +66,36 @@ class SegmentationSettings(BaseModel):
     output_names: SegmentationOutputs = Field(default_factory=SegmentationOutputs)
 
 
+def _check_image_shaped(
+    spec: TensorSpec, kind: str, input_size: Optional[Tuple[int, int]]
+) -> None:
+    """Masks are a picture of the model input, often at a stride: a static height and width
+    whose aspect ratio is more than twice off the input's (a [1, 14, 14641] output: 14 rows
+    of a flattened 121x121 map) is no such picture, and class maps of it would be noise."""
+    shape = spec.shape
+    if input_size is None:
+        return
+    if kind in ("map", "probability_map") and len(shape) == 4:
+        height, width = (shape[2], shape[3]) if shape[1] == 1 else (shape[1], shape[2])
+    elif kind in ("map", "probability_map"):
+        height, width = shape[1], shape[2]
+    elif kind.endswith("nchw"):
+        height, width = shape[2], shape[3]
+    else:
+        height, width = shape[1], shape[2]
+    if height is None or width is None:
+        return
+    ratio = (height / width) / (input_size[0] / input_size[1])
+    if not 0.5 <= ratio <= 2:
+        raise ConfigurationError(
+            f"postprocess 'segmentation': output '{spec.name}' {spec.v2_shape} is not a map of "
+            f"the {input_size[0]}x{input_size[1]} model input: read as {kind}, it is "
+            f"{height}x{width} (height x width); expected a map of about the input's aspect "
+            "ratio, e.g. [batch, classes, height, width], [batch, height, width, classes] "
+            "or [batch, height, width] (postprocess.layout)"
+        )
+
+
 class Segmentation(Postprocess):
     """`"type": "segmentation"`."""
 
@@ -99,6 +129,7 @@ class Segmentation(Postprocess):
                 "postprocess 'segmentation' maps masks back to whole images: it does not take "
                 "images cut into tiles"
             )
+        check_output_names(settings.output_names, outputs)
         names = [spec.name for spec in outputs]
         if settings.output is not None:
             if settings.output not in names:
@@ -120,6 +151,7 @@ class Segmentation(Postprocess):
             raise ConfigurationError(
                 f"postprocess 'segmentation': output '{spec.name}' {spec.v2_shape}: {error}"
             ) from None
+        _check_image_shaped(spec, kind, context.input_size)
         classes = settings.classes
         if classes is None and kind.startswith("scores"):
             classes = spec.shape[1] if kind.endswith("nchw") else spec.shape[3]

@@ -4,7 +4,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 from pydantic import ValidationError
 
 from ...backends import TensorSpec
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, shorten
 from .base import Candidates, Decoder, Size
 from .boxes import BoxesDecoder
 from .dfl import DFLDecoder
@@ -43,9 +43,14 @@ def create_decoder(
             f"decoder must be a name or an object with a 'type', not {type(config).__name__}"
         )
     kind = config.get("type")
+    if not isinstance(kind, str):  # a list or an object would not even hash
+        given = "it is missing" if kind is None else f"got {type(kind).__name__} {shorten(kind)}"
+        raise ConfigurationError(
+            f"decoder.type must be a decoder name ({', '.join(sorted(DECODERS))}); {given}"
+        )
     if kind not in DECODERS:
         raise ConfigurationError(
-            f"decoder type {kind!r} is not known; known: {', '.join(sorted(DECODERS))}"
+            f"decoder.type {shorten(kind)} is not known; known: {', '.join(sorted(DECODERS))}"
         )
     cls = DECODERS[kind]
     try:

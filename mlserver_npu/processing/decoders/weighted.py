@@ -26,7 +26,10 @@ def weighted_nms(candidates: Candidates, iou_threshold: float, max_detections: i
     boxes = candidates.boxes.astype(np.float64)
     points = None
     if candidates.keypoints is not None:
-        points = candidates.keypoints.reshape(len(candidates.scores), -1).astype(np.float64)
+        # not reshape(n, -1): with no candidates that is ambiguous and numpy refuses it
+        per_candidate = int(np.prod(candidates.keypoints.shape[1:]))
+        points = candidates.keypoints.reshape(len(candidates.scores), per_candidate)
+        points = points.astype(np.float64)
     kept, merged_boxes, merged_points = [], [], []
     remaining = order
     while remaining.size and len(kept) < max_detections:
