@@ -23,7 +23,7 @@ from ..errors import ConfigurationError, shorten
 from ..metrics import stage
 from ..tensors import content_type_of, encode_output
 from .postprocess import (
-    BuildContext, Planned, Postprocess, RequestContext, check_parameter, request_parameter,
+    BuildContext, Planned, Postprocess, RequestContext, request_parameter,
 )
 from .regions import draw_output
 
@@ -245,9 +245,9 @@ class TextDetection(Postprocess):
         for key, kind, low, high in (
             ("box_threshold", float, 0, 1), ("max_texts", int, 1, 10_000)
         ):
-            value = request_parameter(parameters, key)
+            value = request_parameter(parameters, key, kind, low, high)
             if value is not None:
-                updates[key] = check_parameter(key, value, kind, low, high)
+                updates[key] = value
         return self.settings.model_copy(update=updates) if updates else self.settings
 
     def arrays(
