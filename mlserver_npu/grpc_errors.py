@@ -28,13 +28,11 @@ import sys
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import grpc
-import mlserver
 import mlserver.grpc.utils as grpc_utils
 from mlserver.errors import MLServerError
-from packaging.version import Version
 
 from .errors import bounded, shorten
-from .wire import SUPPORTED, fingerprint
+from .wire import incompatibility
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -107,7 +105,7 @@ def install(enabled: bool = True) -> bool:
     global _installed
     if _installed is None:
         problem = None if enabled else "MLSERVER_NPU_GRPC_ERRORS=0"
-        problem = problem or _incompatibility()
+        problem = problem or incompatibility(CHECKED)
         if problem:
             logger.warning("The plugin's gRPC error reports are off: %s", problem)
             _installed = False
@@ -120,11 +118,3 @@ def install(enabled: bool = True) -> bool:
     return _installed
 
 
-def _incompatibility() -> Optional[str]:
-    version = Version(mlserver.__version__)
-    if version not in SUPPORTED:
-        return f"MLServer {version} is outside the versions it was checked against ({SUPPORTED})"
-    for name, (function, expected) in CHECKED.items():
-        if fingerprint(function()) != expected:
-            return f"MLServer's {name} is not the function it was checked against"
-    return None

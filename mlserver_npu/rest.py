@@ -21,17 +21,15 @@ and keeps MLServer's REST app as it is. `MLSERVER_NPU_REST_BOUNDARY=0` turns it 
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import mlserver
 from mlserver.handlers import DataPlane
 from mlserver.rest.server import RESTServer
-from packaging.version import Version
 from starlette.applications import Starlette
 
 from .limits import Limits
 from .rest_errors import BoundedErrors
 from .rest_tensors import CHECKED as TENSORS_CHECKED
 from .rest_tensors import Decompress, InferEndpoint
-from .wire import SUPPORTED, fingerprint
+from .wire import incompatibility
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -65,7 +63,7 @@ def install(enabled: bool = True) -> bool:
     global _installed
     if _installed is None:
         problem = None if enabled else "MLSERVER_NPU_REST_BOUNDARY=0"
-        problem = problem or _incompatibility()
+        problem = problem or incompatibility(CHECKED)
         if problem:
             logger.warning("The plugin's REST boundary is off: %s", problem)
             _installed = False
@@ -73,16 +71,6 @@ def install(enabled: bool = True) -> bool:
             _wrap()
             _installed = True
     return _installed
-
-
-def _incompatibility() -> Optional[str]:
-    version = Version(mlserver.__version__)
-    if version not in SUPPORTED:
-        return f"MLServer {version} is outside the versions it was checked against ({SUPPORTED})"
-    for name, (function, expected) in CHECKED.items():
-        if fingerprint(function()) != expected:
-            return f"MLServer's {name} is not the function it was checked against"
-    return None
 
 
 def _wrap() -> None:

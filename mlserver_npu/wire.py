@@ -177,7 +177,7 @@ def install() -> bool:
     """Wrap MLServer's two gRPC converter entry points, once per process."""
     global _installed
     if _installed is None:
-        problem = _incompatibility()
+        problem = incompatibility(CHECKED)
         if problem:
             logger.warning("Zero-copy gRPC tensors are off: %s", problem)
             _installed = False
@@ -188,11 +188,14 @@ def install() -> bool:
     return _installed
 
 
-def _incompatibility() -> Optional[str]:
+def incompatibility(checked: Dict[str, Tuple[Callable[[], Callable], str]]) -> Optional[str]:
+    """Why a guarded patch (this module's, rest.py's, grpc_errors.py's) must not be applied:
+    an MLServer outside SUPPORTED, or a function of `checked` whose source is not the one
+    it was checked against; None when it may."""
     version = Version(mlserver.__version__)
     if version not in SUPPORTED:
         return f"MLServer {version} is outside the versions it was checked against ({SUPPORTED})"
-    for name, (function, expected) in CHECKED.items():
+    for name, (function, expected) in checked.items():
         if fingerprint(function()) != expected:
             return f"MLServer's {name} is not the function it was checked against"
     return None

@@ -12,7 +12,6 @@ import time
 import zlib
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnx
 import pytest
@@ -407,7 +406,7 @@ def test_wrapped_mlserver_code_is_the_checked_code():
     """Fails when MLServer's code the REST boundary wraps or mirrors changes shape."""
     for name, (function, digest) in rest.CHECKED.items():
         assert wire.fingerprint(function()) == digest, name
-    assert rest._incompatibility() is None
+    assert wire.incompatibility(rest.CHECKED) is None
 
 
 def test_changed_mlserver_code_keeps_mlserver_s_rest_app(monkeypatch, caplog):

@@ -459,9 +459,9 @@ def test_the_switch_and_the_version_guard_keep_mlserver_s_path(fast, slow, monke
     import mlserver
 
     monkeypatch.setattr(mlserver, "__version__", "1.8.0")
-    assert "outside the versions it was checked against" in wire._incompatibility()
+    assert "outside the versions it was checked against" in wire.incompatibility(wire.CHECKED)
     monkeypatch.setattr(mlserver, "__version__", "1.7.1")
-    assert wire._incompatibility() is None
+    assert wire.incompatibility(wire.CHECKED) is None
     name = "mlserver.raw.extract_raw"
     monkeypatch.setitem(wire.CHECKED, name, (wire.CHECKED[name][0], "0" * 64))
-    assert f"MLServer's {name} is not the function" in wire._incompatibility()
+    assert f"MLServer's {name} is not the function" in wire.incompatibility(wire.CHECKED)

@@ -18,7 +18,7 @@ from ..backends import TensorSpec
 from ..errors import ConfigurationError
 from ..metrics import stage
 from ..tensors import encode_output
-from .postprocess import BuildContext, Planned, Postprocess, RequestContext
+from .postprocess import BuildContext, Planned, Postprocess, RequestContext, chosen_output
 
 
 class CTCSettings(BaseModel):
@@ -141,18 +141,7 @@ class CTC(Postprocess):
     def build(
         cls, settings: CTCSettings, outputs: Sequence[TensorSpec], context: BuildContext
     ) -> "CTC":
-        names = [spec.name for spec in outputs]
-        if settings.output is not None and settings.output not in names:
-            raise ConfigurationError(
-                f"postprocess.output '{settings.output}' is not a model output; the model's "
-                f"outputs are: {', '.join(names)}"
-            )
-        if settings.output is None and len(outputs) != 1:
-            raise ConfigurationError(
-                f"cannot tell which output holds the CTC probabilities among "
-                f"{', '.join(names)}: set postprocess.output"
-            )
-        spec = outputs[names.index(settings.output)] if settings.output else outputs[0]
+        spec = chosen_output(settings.output, outputs, "the CTC probabilities")
         if len(spec.shape) != 3 or np.dtype(spec.dtype).kind != "f":
             raise ConfigurationError(
                 f"ctc: output '{spec.name}' is {np.dtype(spec.dtype).name} {spec.v2_shape}, "

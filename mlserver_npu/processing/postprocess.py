@@ -272,6 +272,27 @@ def request_parameter(
     return None if value is None else check_parameter(name, value, kind, low, high)
 
 
+def chosen_output(
+    configured: Optional[str], outputs: Sequence[TensorSpec], what: str
+) -> TensorSpec:
+    """The model output a postprocess reads: `postprocess.output` when set, else the model's
+    only output; `what` says what it holds, for the error."""
+    names = [spec.name for spec in outputs]
+    if configured is not None:
+        if configured not in names:
+            raise ConfigurationError(
+                f"postprocess.output '{configured}' is not a model output; the model's outputs "
+                f"are: {', '.join(names)}"
+            )
+        return outputs[names.index(configured)]
+    if len(outputs) != 1:
+        raise ConfigurationError(
+            f"cannot tell which output holds {what} among {', '.join(names)}: set "
+            "postprocess.output"
+        )
+    return outputs[0]
+
+
 def per_image(name: str, array: np.ndarray, tiles: Optional[Sequence[int]]) -> np.ndarray:
     """[rows, ...] -> [images, tiles, ...] when the rows are the tiles of the request's images."""
     if tiles is None:

@@ -23,7 +23,7 @@ from ..errors import ConfigurationError, shorten
 from ..metrics import stage
 from ..tensors import content_type_of, encode_output
 from .postprocess import (
-    BuildContext, Planned, Postprocess, RequestContext, request_parameter,
+    BuildContext, Planned, Postprocess, RequestContext, chosen_output, request_parameter,
 )
 from .regions import draw_output
 
@@ -204,18 +204,7 @@ class TextDetection(Postprocess):
     def build(
         cls, settings: TextDetectionSettings, outputs: Sequence[TensorSpec], context: BuildContext
     ) -> "TextDetection":
-        names = [spec.name for spec in outputs]
-        if settings.output is not None and settings.output not in names:
-            raise ConfigurationError(
-                f"postprocess.output '{settings.output}' is not a model output; the model's "
-                f"outputs are: {', '.join(names)}"
-            )
-        if settings.output is None and len(outputs) != 1:
-            raise ConfigurationError(
-                f"cannot tell which output is the probability map among {', '.join(names)}: "
-                "set postprocess.output"
-            )
-        spec = outputs[names.index(settings.output)] if settings.output else outputs[0]
+        spec = chosen_output(settings.output, outputs, "the probability map")
         problem = _map_shape(spec)
         if problem:
             raise ConfigurationError(
