@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tritonclient.utils import triton_to_np_dtype
 
 import reference
 from reference import v2_input
@@ -69,7 +70,12 @@ def batch_server(tmp_path_factory):
 
 def _outputs(response):
     assert response.status_code == 200, response.text
-    return {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
+    # in the datatype the reply declares: FP32 values are written as float32's shortest
+    # decimals, which a float64 parse would not give back bit for bit
+    return {
+        o["name"]: np.array(o["data"], dtype=triton_to_np_dtype(o["datatype"])).reshape(o["shape"])
+        for o in response.json()["outputs"]
+    }
 
 
 async def _concurrently(server, model, bodies):

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from tritonclient.utils import triton_to_np_dtype
 
 import images
 import reference
@@ -177,7 +178,10 @@ def test_init_writes_a_folder_that_mlserver_start_serves(tmp_path):
         pixels = reference.digits(4, offset=8)
         response = server.infer("b4", [v2_input("input", pixels)])
         assert response.status_code == 200, response.text
-        served = {o["name"]: o["data"] for o in response.json()["outputs"]}
+        served = {  # in the declared datatype: FP32 comes as float32's shortest decimals
+            o["name"]: np.array(o["data"], dtype=triton_to_np_dtype(o["datatype"]))
+            for o in response.json()["outputs"]
+        }
         expected = reference.run("digits-b4", {"input": pixels})
         np.testing.assert_array_equal(served["label"], expected["label"])
         np.testing.assert_array_equal(np.reshape(served["probabilities"], (4, 10)),
