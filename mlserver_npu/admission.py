@@ -15,19 +15,6 @@ from typing import Callable, Dict, Iterator, Optional
 from fastapi import status
 from mlserver.errors import MLServerError
 
-try:  # MLServer maps only some HTTP statuses to gRPC codes; the rest become UNKNOWN
-    from mlserver.grpc.utils import STATUS_CODE_MAPPING
-    import grpc
-
-    STATUS_CODE_MAPPING.setdefault(
-        status.HTTP_429_TOO_MANY_REQUESTS, grpc.StatusCode.RESOURCE_EXHAUSTED
-    )
-    STATUS_CODE_MAPPING.setdefault(
-        status.HTTP_503_SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE
-    )
-except (ImportError, AttributeError):  # another MLServer: its own mapping stays
-    pass
-
 
 class Overloaded(MLServerError):
     """A request past the model's `max_queue_size`: 429, retry later or elsewhere."""

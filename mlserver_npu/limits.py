@@ -8,6 +8,7 @@ import re
 from typing import Any, Awaitable, Callable, Dict, Optional
 
 from .admission import ADMISSIONS, held_by_boundary, overloaded_message
+from .rest_tensors import reply
 from .settings import NPUEnvironment
 
 Message = Dict[str, Any]
@@ -112,9 +113,5 @@ def _content_length(scope: Dict[str, Any]) -> Optional[int]:
 async def _reply(send: Send, status: int, message: str, close: bool = True) -> None:
     """A complete JSON error reply; with `close`, the connection closes after it (the rest of
     the request body is not read)."""
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    headers = [(b"connection", b"close")] if close else []
+    await reply(send, status, json.dumps({"error": message}).encode(), headers)
