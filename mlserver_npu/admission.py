@@ -53,18 +53,28 @@ class Admission:
     def leave(self) -> None:
         self.held -= 1
 
-    @contextmanager
-    def admitted(self) -> Iterator[None]:
-        """Around a `predict`: a REST request was taken at the boundary already."""
-        if _ADMITTED.get() is self:
-            yield
-            return
-        if not self.enter():
-            raise Overloaded(self.model_name, self.limit)
-        try:
-            yield
-        finally:
-            self.leave()
+    def admitted(self) -> "_Admitted":
+        """Around a `predict` (`with admission.admitted():`): a REST request was taken at the
+        boundary already."""
+        return _Admitted(self)
+
+
+class _Admitted:
+    # A class, not a @contextmanager generator: one is entered for every request.
+    __slots__ = ("admission", "entered")
+
+    def __init__(self, admission: Admission):
+        self.admission = admission
+
+    def __enter__(self) -> None:
+        admission = self.admission
+        self.entered = _ADMITTED.get() is not admission
+        if self.entered and not admission.enter():
+            raise Overloaded(admission.model_name, admission.limit)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.entered:
+            self.admission.leave()
 
 
 ADMISSIONS: Dict[str, Admission] = {}

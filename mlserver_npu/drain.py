@@ -3,8 +3,6 @@ unloads the old one, so the old one is closed while requests it took are still b
 A `Drain` counts that work; `close()` waits for it, and work that starts later is refused
 with a 503 (a retry reaches the new copy)."""
 import asyncio
-from contextlib import contextmanager
-from typing import Iterator
 
 from .errors import ModelUnloaded
 
@@ -17,19 +15,21 @@ class Drain:
         self._idle.set()
         self.closed = False
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        """Around one piece of work; ModelUnloaded once `close()` has returned."""
+    def running(self) -> "Drain":
+        """Around one piece of work (`with drain.running():`); ModelUnloaded once `close()`
+        has returned. (A class, not a generator: it is entered several times a request.)"""
         if self.closed:
             raise ModelUnloaded(self._model_name)
+        return self
+
+    def __enter__(self) -> None:
         self._running += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._running -= 1
-            if not self._running:
-                self._idle.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self._running -= 1
+        if not self._running:
+            self._idle.set()
 
     async def close(self) -> None:
         """Wait until no work runs (work that starts meanwhile is waited for too)."""

@@ -8,10 +8,8 @@ appear on the metrics port in both modes.
 """
 import logging
 import time
-from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from mlserver.metrics import REGISTRY
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
@@ -145,27 +143,41 @@ class ModelMetrics:
     def request(self, outcome: str) -> None:
         self._requests[outcome].inc()
 
-    @contextmanager
-    def serving(self) -> Iterator[None]:
+    def serving(self) -> "_Serving":
         """Around one request: `stage()` blocks inside it add up per stage; at the end each
         stage in REQUEST_STAGES (and any other that ran, e.g. `queue`) is observed once, and
         the outcome counted. A cancelled request (client gone) is not counted."""
-        root = _Block(seconds={})
-        token = _CURRENT.set(root)
-        outcome = None
-        try:
-            yield
+        return _Serving(self)
+
+
+class _Serving:
+    # A class rather than a @contextmanager generator, as `stage` below: these are entered
+    # several times per request, and a generator costs a tiny request's budget several times.
+    __slots__ = ("metrics", "root", "token")
+
+    def __init__(self, metrics: ModelMetrics):
+        self.metrics = metrics
+
+    def __enter__(self) -> None:
+        self.root = _Block({})
+        self.token = _CURRENT.set(self.root)
+
+    def __exit__(self, kind: Optional[type], error: Optional[BaseException], _: Any) -> None:
+        _CURRENT.reset(self.token)
+        if kind is None:
             outcome = "ok"
-        except Exception as error:
-            client = getattr(error, "status_code", 500) < 500
-            outcome = "client_error" if client else "server_error"
-            raise
-        finally:
-            _CURRENT.reset(token)
-            if outcome is not None:
-                for name in dict.fromkeys([*REQUEST_STAGES, *root.seconds]):
-                    self.stage(name, root.seconds.get(name, 0.0))
-                self.request(outcome)
+        elif isinstance(error, Exception):
+            outcome = "client_error" if getattr(error, "status_code", 500) < 500 else \
+                "server_error"
+        else:  # cancelled
+            return
+        seconds = self.root.seconds
+        for name in REQUEST_STAGES:
+            self.metrics.stage(name, seconds.get(name, 0.0))
+        for name in seconds:
+            if name not in REQUEST_STAGES:
+                self.metrics.stage(name, seconds[name])
+        self.metrics.request(outcome)
 
 
 # Observed for every request, 0 when the stage had nothing to do (no preprocessing, say);
@@ -173,35 +185,44 @@ class ModelMetrics:
 REQUEST_STAGES = ("decode", "preprocess", "device", "postprocess", "encode")
 
 
-@dataclass
 class _Block:
-    seconds: Dict[str, float]  # the request's: shared by all its blocks
-    inner: float = 0.0  # seconds of the blocks nested in this one
+    __slots__ = ("seconds", "inner")
+
+    def __init__(self, seconds: Dict[str, float]):
+        self.seconds = seconds  # the request's: shared by all its blocks
+        self.inner = 0.0  # seconds of the blocks nested in this one
 
 
 _CURRENT: ContextVar[Optional[_Block]] = ContextVar("mlserver_npu_stage", default=None)
 
 
-@contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Time a block as stage `name` of the request being served (a no-op outside
-    `ModelMetrics.serving`, e.g. at warm-up). A nested block's time counts for its own
-    stage only, so the stages of a request never add up to more than its time. Works across
-    `asyncio.to_thread`, which copies the context."""
-    parent = _CURRENT.get()
-    if parent is None:
-        yield
-        return
-    block = _Block(parent.seconds)
-    token = _CURRENT.set(block)
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        elapsed = time.perf_counter() - start
-        _CURRENT.reset(token)
+class stage:
+    """`with stage(name):` times a block as stage `name` of the request being served (a no-op
+    outside `ModelMetrics.serving`, e.g. at warm-up). A nested block's time counts for its
+    own stage only, so the stages of a request never add up to more than its time. Works
+    across `asyncio.to_thread`, which copies the context."""
+
+    __slots__ = ("name", "parent", "block", "token", "start")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.parent = parent = _CURRENT.get()
+        if parent is not None:
+            self.block = _Block(parent.seconds)
+            self.token = _CURRENT.set(self.block)
+            self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        parent = self.parent
+        if parent is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        _CURRENT.reset(self.token)
         parent.inner += elapsed
-        parent.seconds[name] = parent.seconds.get(name, 0.0) + max(elapsed - block.inner, 0.0)
+        seconds = parent.seconds
+        seconds[self.name] = seconds.get(self.name, 0.0) + max(elapsed - self.block.inner, 0.0)
 
 
 def add_stage(name: str, seconds: float) -> None:

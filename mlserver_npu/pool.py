@@ -58,6 +58,7 @@ class SessionPool:
         self._labels = (model_name, model_version)
         self._drain = Drain(model_name)
         self._metrics: Optional[Tuple[SessionMetrics, ModelMetrics]] = None
+        self._empty_outputs = self._outputs_of_no_rows()
 
     def _series(self) -> Tuple[SessionMetrics, ModelMetrics]:
         """The pool's metric series, created once its model has loaded (`publish_metrics`)
@@ -93,20 +94,22 @@ class SessionPool:
 
     async def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         with self._drain.running():
-            empty = self._no_rows(feeds)
-            return empty if empty is not None else await self._run(feeds)
+            if self._empty_outputs is not None and all(
+                array.ndim and not len(array) for array in feeds.values()):
+                return {spec.name: np.zeros((0, *spec.shape[1:]), spec.dtype)
+                        for spec in self._empty_outputs}
+            return await self._run(feeds)
 
-    def _no_rows(self, feeds: Mapping[str, np.ndarray]) -> Optional[Dict[str, np.ndarray]]:
-        """The outputs of a request of 0 rows, without a device run, when every tensor has
-        a batch axis 0 and the outputs' other axes are fixed; None otherwise."""
+    def _outputs_of_no_rows(self) -> Optional[List[TensorSpec]]:
+        """The outputs a request of 0 rows gets without a device run (zeros of 0 rows), when
+        every tensor has a batch axis 0 and the outputs' other axes are fixed; else None."""
         outputs = self.outputs
         if (
             any(not spec.shape or spec.shape[0] is not None for spec in [*self.inputs, *outputs])
             or any(None in spec.shape[1:] for spec in outputs)
-            or any(array.ndim == 0 or len(array) for array in feeds.values())
         ):
             return None
-        return {spec.name: np.zeros((0, *spec.shape[1:]), spec.dtype) for spec in outputs}
+        return outputs
 
     async def _run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         size = self.batch_size

@@ -3,8 +3,8 @@
 request and load metrics (metrics.py), and streams answered request by request."""
 import logging
 import time
-from contextlib import contextmanager
-from typing import Any, AsyncIterator, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, AsyncIterator, ContextManager, Iterator
 
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
@@ -59,15 +59,10 @@ class ServedModel(MLModel):
         value = extra.get("max_queue_size")
         return int(value) if value is not None else NPUEnvironment.from_env().max_queue_size
 
-    @contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self) -> ContextManager[None]:
         """Around `predict`: past the model's `max_queue_size`, a 429 at once (admission.py)."""
         held = getattr(self, "_admission", None)
-        if held is None:
-            yield
-            return
-        with held.admitted():
-            yield
+        return held.admitted() if held is not None else nullcontext()
 
     async def metadata(self) -> MetadataModelResponse:
         """MLServer's, with `versions` listing the model's `parameters.version` (MLServer

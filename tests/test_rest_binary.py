@@ -371,12 +371,18 @@ def test_other_runtimes_see_what_mlserver_gives_them(on, off):
     assert replies[0].json()["outputs"] == replies[1].json()["outputs"]
     kinds = {o["name"]: o["data"] for o in replies[0].json()["outputs"]}
     assert kinds["a_type"] == ["list"]
-    # a binary body to another runtime: MLServer's answer, the same with the boundary on or off
+    # a binary body to another runtime: a 400 saying so (MLServer's route, as with the
+    # boundary off, fails in its 422 handler, which decodes the raw floats as UTF-8: a 500)
     request = _binary({"inputs": [{"name": "a", "shape": [2], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": 8}}]}, b"\0" * 8)
-    statuses = [server.http.post("/v2/models/type-echo/infer", **request).status_code
-                for server in (on, off)]
-    assert statuses[0] == statuses[1] and statuses[0] != 200
+                                   "parameters": {"binary_data_size": 8}}]}, b"\xff" * 8)
+    replies = [server.http.post("/v2/models/type-echo/infer", **request) for server in (on, off)]
+    assert replies[0].status_code == 400, replies[0].text
+    assert replies[0].json()["error"] == (
+        "model 'type-echo' (TypeEcho) does not take Triton's binary tensor extension "
+        "(Inference-Header-Content-Length): send the tensors as JSON")
+    assert replies[1].status_code == 500
+    missing = on.http.post("/v2/models/no-such-model/infer", **request)
+    assert missing.status_code == 404 and "no-such-model" in missing.json()["error"]
 
 
 def test_the_switch_off_gives_mlserver_s_behaviour(off):

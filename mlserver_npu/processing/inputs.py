@@ -3,6 +3,7 @@ preprocessing into the tensor of the model input they name; other tensors are de
 they are (tensors.py). The geometry of every image row and the decoded images travel on with
 the feeds, for the postprocessing (boxes back to the client's pixels, drawn results, crops)."""
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -105,7 +106,7 @@ class InputDecoder:
         """The model inputs that take images (from their preprocessing or declaration)."""
         return [spec.name for spec in self.specs if spec.name in self._images]
 
-    @property
+    @functools.cached_property
     def image_input(self) -> Optional[str]:
         """The model input whose images' geometry the postprocessing maps back through: the
         first declared or preprocessed image input, else the model's only input that can

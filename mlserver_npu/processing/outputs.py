@@ -49,6 +49,7 @@ class OutputEncoder:
         self.tiled = tiled
         self._images = {m.name for m in declared or () if content_type_of(m.parameters) == IMAGE}
         self._made_by = {name: post for post in self.postprocesses for name in post.names}
+        self._default: Optional[List[Planned]] = None  # the plan of a request that names none
 
     def _classification_of(self, source: str) -> Optional[Classification]:
         """The configured classification of the model output `source`, if any."""
@@ -106,7 +107,9 @@ class OutputEncoder:
         """The outputs `request_outputs` ask for (all by default), checked; `parameters`: the
         request's, for the postprocesses' per-request overrides."""
         if not request_outputs:
-            items = self._default_plan()
+            if self._default is None:
+                self._default = self._default_plan()
+            items = self._default
         else:
             names = requested_outputs(
                 request_outputs, self.specs,
