@@ -57,3 +57,24 @@ def test_batcher_only_drives_the_simulated_npu():
     assert [mode.strip() for _, mode, _ in rows] == ["off", "ours"], completed.stdout
     off, ours = (float(fraction) for _, _, fraction in rows)
     assert 0 < off and 0 < ours <= 1.05, completed.stdout
+
+
+def test_rounds_reads_each_goal_from_alternating_rounds():
+    """`python -m bench.rounds`: each tiny goal's two targets measured in every round, the
+    table giving the median of the per-round ratios."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.rounds", "--models", "digits", "--rounds", "2",
+         "--duration", "0.3", "--warmup", "0.1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in completed.stdout.splitlines()
+            if line.startswith("| tiny @16")]
+    assert [label.strip() for label, *_ in rows] == [
+        "tiny @16: mlserver-npu / echo floor (REST)", "tiny @16: mlserver-npu / echo floor (gRPC)"]
+    for _, median, per_round, cpu, met in rows:
+        ratios = [float(r) for r in per_round.split(",")]
+        assert len(ratios) == 2 and all(r > 0 for r in ratios), rows
+        # the median of two rounds is their mean (both printed to 2 decimals)
+        assert abs(float(median.strip().rstrip("x")) - sum(ratios) / 2) <= 0.01, rows
+        assert " vs " in cpu and met.strip().startswith(("yes", "no")), rows
