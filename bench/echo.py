@@ -3,6 +3,8 @@ measures what MLServer costs (HTTP/gRPC, parsing, types, encoding) before any mo
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
+from mlserver_npu import NPURuntime
+
 
 class EchoRuntime(MLModel):
     async def load(self) -> bool:
@@ -23,3 +25,12 @@ class EchoRuntime(MLModel):
                 for item in payload.inputs
             ],
         )
+
+
+class EchoNPURuntime(NPURuntime):
+    """The plugin's runtime, loaded as usual (its model, zero-copy gRPC registration, REST
+    boundary), whose predict echoes as EchoRuntime does: against EchoRuntime it measures what
+    being an NPURuntime costs outside predict; against NPURuntime, what predict costs."""
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        return await EchoRuntime.predict(self, payload)

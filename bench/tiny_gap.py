@@ -1,0 +1,119 @@
+"""python -m bench.tiny_gap: where a tiny gRPC request's cost goes, by elimination. One server
+serves the digits model three ways: `digits` (NPURuntime), `echo-npu` (the same runtime and
+model, its predict echoing: bench/echo.py EchoNPURuntime) and `echo` (MLServer's floor,
+EchoRuntime). One client process keeps --concurrency zero-copy gRPC requests in flight on each
+in turn, rounds alternating the order, and reads the server's CPU per request and the
+throughput; medians over --rounds.
+
+    python -m bench.tiny_gap --rounds 5 --seconds 5
+
+echo-npu against echo: what being the plugin's model costs outside predict (the zero-copy
+converters, the REST boundary's registration, the metrics of the model); digits against
+echo-npu: what predict costs (decode, checks, pool, the run, encode, per-stage metrics).
+"""
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import grpc
+import numpy as np
+import psutil
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.grpc import dataplane_pb2_grpc as stubs
+
+from .servers import MLServer, repo_env
+from .workloads import REPO
+
+MODELS = {"digits": "mlserver_npu.NPURuntime", "echo-npu": "bench.echo.EchoNPURuntime",
+          "echo": "bench.echo.EchoRuntime"}
+
+
+def write_repository(root: Path) -> Path:
+    shutil.copy(REPO / "model-repository" / "settings.json", root / "settings.json")
+    settings = json.loads((REPO / "model-repository" / "digits" / "model-settings.json")
+                          .read_text())
+    for name, implementation in MODELS.items():
+        folder = root / name
+        folder.mkdir()
+        if implementation == MODELS["echo"]:
+            model = {"name": name, "implementation": implementation}
+        else:
+            shutil.copy(REPO / "model-repository" / "digits" / "model.onnx", folder)
+            model = {**settings, "name": name, "implementation": implementation}
+        (folder / "model-settings.json").write_text(json.dumps(model))
+    return root
+
+
+async def drive(target: str, model: str, seconds: float, concurrency: int) -> int:
+    """Requests answered in `seconds` with `concurrency` in flight."""
+    pixels = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    request = pb.ModelInferRequest(
+        model_name=model, raw_input_contents=[pixels.tobytes()],
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
+                                                      shape=[1, 64])])
+    done = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = stubs.GRPCInferenceServiceStub(channel)
+        end = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal done
+            while time.perf_counter() < end:
+                await stub.ModelInfer(request)
+                done += 1
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return done
+
+
+def measure(rounds: int, seconds: float, concurrency: int) -> Dict[str, List[Tuple[float, float]]]:
+    results: Dict[str, List[Tuple[float, float]]] = {name: [] for name in MODELS}
+    with tempfile.TemporaryDirectory(prefix="bench-tiny-gap-") as tmp:
+        root = Path(tmp)
+        (root / "repository").mkdir()
+        repository = write_repository(root / "repository")
+        server = MLServer(repository, root, env={"PYTHONPATH": repo_env()["PYTHONPATH"]})
+        try:
+            server.wait_ready()
+            process = psutil.Process(server.process.pid)
+            for index in range(rounds):
+                order = list(MODELS) if index % 2 == 0 else list(MODELS)[::-1]
+                for name in order:
+                    asyncio.run(drive(server.grpc_target, name, 1.0, concurrency))  # warm-up
+                    before = sum(process.cpu_times()[:2])
+                    count = asyncio.run(drive(server.grpc_target, name, seconds, concurrency))
+                    cpu = sum(process.cpu_times()[:2]) - before
+                    results[name].append((cpu / count * 1e3, count / seconds))
+                print(f"round {index + 1}/{rounds}: " + ", ".join(
+                    f"{name} {results[name][-1][0]:.3f} ms" for name in MODELS), flush=True)
+        finally:
+            server.stop()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tiny_gap", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    results = measure(args.rounds, args.seconds, args.concurrency)
+    echo = statistics.median(rps for _, rps in results["echo"])
+    print("| model | server CPU ms/req (median) | req/s (median) | throughput / echo |")
+    print("|---|--:|--:|--:|")
+    for name, points in results.items():
+        rps = statistics.median(r for _, r in points)
+        print(f"| {name} | {statistics.median(c for c, _ in points):.3f} | {rps:.0f} | "
+              f"{rps / echo:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
