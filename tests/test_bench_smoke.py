@@ -78,3 +78,20 @@ def test_rounds_reads_each_goal_from_alternating_rounds():
         # the median of two rounds is their mean (both printed to 2 decimals)
         assert abs(float(median.strip().rstrip("x")) - sum(ratios) / 2) <= 0.01, rows
         assert " vs " in cpu and met.strip().startswith(("yes", "no")), rows
+
+
+def test_tiny_gap_measures_the_three_models():
+    """`python -m bench.tiny_gap`: digits as NPURuntime, as an NPURuntime that echoes, and
+    MLServer's echo, each answering in every round."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.tiny_gap", "--rounds", "1", "--seconds", "0.3",
+         "--concurrency", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in completed.stdout
+            .splitlines() if line.startswith("| ") and not line.startswith("| model")}
+    assert list(rows) == ["digits", "echo-npu", "echo"], completed.stdout
+    for cpu, rps, ratio in rows.values():
+        assert float(cpu) > 0 and float(rps) > 0, completed.stdout
+    assert rows["echo"][2].strip() == "1.00x"
