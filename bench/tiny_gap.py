@@ -1,9 +1,9 @@
 """python -m bench.tiny_gap: where a tiny gRPC request's cost goes, by elimination. One server
 serves the digits model three ways: `digits` (NPURuntime), `echo-npu` (the same runtime and
 model, its predict echoing: bench/echo.py EchoNPURuntime) and `echo` (MLServer's floor,
-EchoRuntime). One client process keeps --concurrency zero-copy gRPC requests in flight on each
-in turn, rounds alternating the order, and reads the server's CPU per request and the
-throughput; medians over --rounds.
+EchoRuntime). One client (bench/load.py's, in this process) keeps --concurrency zero-copy
+gRPC requests in flight on each in turn, rounds alternating the order, and reads the server's
+CPU per request and the throughput after 1 s of warm-up; medians over --rounds.
 
     python -m bench.tiny_gap --rounds 5 --seconds 5
 
@@ -17,18 +17,12 @@ import json
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
-import grpc
-import numpy as np
-import psutil
-from mlserver.grpc import dataplane_pb2 as pb
-from mlserver.grpc import dataplane_pb2_grpc as stubs
-
+from .load import GrpcClient, measure as measure_point
 from .servers import MLServer, repo_env
-from .workloads import REPO
+from .workloads import REPO, WORKLOADS
 
 MODELS = {"digits": "mlserver_npu.NPURuntime", "echo-npu": "bench.echo.EchoNPURuntime",
           "echo": "bench.echo.EchoRuntime"}
@@ -50,26 +44,17 @@ def write_repository(root: Path) -> Path:
     return root
 
 
-async def drive(target: str, model: str, seconds: float, concurrency: int) -> int:
-    """Requests answered in `seconds` with `concurrency` in flight."""
-    pixels = np.random.default_rng(0).random((1, 64), dtype=np.float32)
-    request = pb.ModelInferRequest(
-        model_name=model, raw_input_contents=[pixels.tobytes()],
-        inputs=[pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32",
-                                                      shape=[1, 64])])
-    done = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = stubs.GRPCInferenceServiceStub(channel)
-        end = time.perf_counter() + seconds
-
-        async def client() -> None:
-            nonlocal done
-            while time.perf_counter() < end:
-                await stub.ModelInfer(request)
-                done += 1
-
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-    return done
+async def point(target: str, model: str, seconds: float, concurrency: int,
+                pid: int) -> Dict[str, Any]:
+    """One `bench.load` point of `model`: digits' FP32 [1, 64] as raw contents."""
+    client = GrpcClient(target, model, WORKLOADS["digits"])
+    try:
+        measured = await measure_point(client, concurrency, 1.0, seconds, pid)
+    finally:
+        await client.aclose()
+    if measured["errors"] or not measured["requests"]:
+        raise SystemExit(f"{model}: {measured['first_error'] or 'no request answered'}")
+    return measured
 
 
 def measure(rounds: int, seconds: float, concurrency: int) -> Dict[str, List[Tuple[float, float]]]:
@@ -78,18 +63,14 @@ def measure(rounds: int, seconds: float, concurrency: int) -> Dict[str, List[Tup
         root = Path(tmp)
         (root / "repository").mkdir()
         repository = write_repository(root / "repository")
-        server = MLServer(repository, root, env={"PYTHONPATH": repo_env()["PYTHONPATH"]})
+        server = MLServer.start(repository, root, env={"PYTHONPATH": repo_env()["PYTHONPATH"]})
         try:
-            server.wait_ready()
-            process = psutil.Process(server.process.pid)
             for index in range(rounds):
                 order = list(MODELS) if index % 2 == 0 else list(MODELS)[::-1]
                 for name in order:
-                    asyncio.run(drive(server.grpc_target, name, 1.0, concurrency))  # warm-up
-                    before = sum(process.cpu_times()[:2])
-                    count = asyncio.run(drive(server.grpc_target, name, seconds, concurrency))
-                    cpu = sum(process.cpu_times()[:2]) - before
-                    results[name].append((cpu / count * 1e3, count / seconds))
+                    measured = asyncio.run(point(server.grpc_target, name, seconds,
+                                                 concurrency, server.process.pid))
+                    results[name].append((measured["server_cpu_ms"], measured["rps"]))
                 print(f"round {index + 1}/{rounds}: " + ", ".join(
                     f"{name} {results[name][-1][0]:.3f} ms" for name in MODELS), flush=True)
         finally:
