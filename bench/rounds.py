@@ -10,6 +10,7 @@ drift moves far less.
     python -m bench.rounds --models digits,squeezenet,resnet50,large --rounds 5 --duration 5
 """
 import argparse
+import dataclasses
 import statistics
 import tempfile
 from pathlib import Path
@@ -40,11 +41,10 @@ def run(goals: List[Goal], rounds: int, settings: Settings, root: Path
                 if index % 2:
                     order.reverse()
                 points = {}
+                point_settings = dataclasses.replace(settings, concurrency=(goal.concurrency,))
                 for name in order:
-                    job = running.job(WORKLOADS[goal.workload], TARGETS[name],
-                                      Settings(**{**settings.__dict__,
-                                                  "concurrency": (goal.concurrency,)}))
-                    points[name] = finish_load(start_load(job), load_timeout(settings))[0]
+                    job = running.job(WORKLOADS[goal.workload], TARGETS[name], point_settings)
+                    points[name] = finish_load(start_load(job), load_timeout(point_settings))[0]
                 results[goal].append((points[goal.numerator], points[goal.denominator]))
                 print(f"round {index + 1}/{rounds}: {goal.label}: "
                       f"{_ratio(*results[goal][-1]) or 0:.2f}", flush=True)
