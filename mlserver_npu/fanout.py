@@ -112,7 +112,9 @@ class FanOut:
                 "4, 2] quadrilaterals or [images, K, 4] boxes"
             )
         self.boxes_spec = boxes
-        preprocessor = stages.input_decoder([self.input]).preprocessor(self.input)
+        decoder = stages.input_decoder([self.input])
+        self.max_image_pixels = decoder.max_pixels  # for images no model step decodes
+        preprocessor = decoder.preprocessor(self.input)
         if not isinstance(preprocessor, Preprocessor):
             raise ConfigurationError(f"input '{self.input}' cannot take regions: {preprocessor}")
         self.preprocessor = preprocessor

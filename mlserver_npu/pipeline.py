@@ -18,7 +18,6 @@ from mlserver.types import (
     MetadataModelResponse,
     MetadataTensor,
     Parameters,
-    RequestInput,
     ResponseOutput,
 )
 from mlserver.utils import to_absolute_path
@@ -252,9 +251,11 @@ class Pipeline(ServedModel):
                 fan = self._fanouts.get(step.name)
                 if fan is not None:
                     source = step.regions.image.name
-                    if source not in originals:
+                    if source not in originals:  # an input only the regions take
                         with stage("decode"):
-                            originals[source] = await self._decode_images(request[source], stages)
+                            originals[source] = await asyncio.to_thread(
+                                decode_images, request[source], fan.max_image_pixels
+                            )
                     results = await fan.run(
                         originals[source], arrays, wanted, payload.parameters
                     )
@@ -291,13 +292,6 @@ class Pipeline(ServedModel):
             encoded = {o.name: o for o in self._encoder.encode(plan, results, context)}
             outputs = [drawn.get(name) or encoded[name] for name in names]
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
-
-    async def _decode_images(
-        self, request_input: RequestInput, stages: ModelStages
-    ) -> List[Image.Image]:
-        """The images of a pipeline input that no model step decodes (only regions take it)."""
-        limit = stages.config.max_image_pixels or NPUEnvironment.from_env().max_image_pixels
-        return await asyncio.to_thread(decode_images, request_input, limit)
 
     def _draw(
         self, name: str, results: Dict[str, Dict[str, np.ndarray]],

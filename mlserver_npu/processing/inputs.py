@@ -55,7 +55,7 @@ class InputDecoder:
         dtype from the model). With it, at least one input must fit it, else the load fails.
         """
         self.specs = list(specs)
-        self._max_pixels = max_pixels
+        self.max_pixels = max_pixels
         self._budget = budget
         self._preprocessors: Dict[str, Union[Preprocessor, ConfigurationError]] = {}
         for spec in self.specs:
@@ -152,7 +152,7 @@ class InputDecoder:
             raise InferenceError(
                 f"input {shorten(request_input.name)} cannot take images: {preprocessor}"
             )
-        images = decode_images(request_input, self._max_pixels, preprocessor.draft_size, reserve)
+        images = decode_images(request_input, self.max_pixels, preprocessor.draft_size, reserve)
         geometries = []
         for image in images:
             width, height = original_size(image)
