@@ -138,6 +138,8 @@ class FanOut:
                 f"input '{self.input}' has a dynamic height: set regions.height"
             )
         self.posts: List[Postprocess] = list(stages.outputs.postprocesses)
+        # what the step reads itself, whether or not later steps or the pipeline take it
+        self.reads = {part.output for part in (settings.keep, settings.join) if part is not None}
         model_outputs = list(stages.pool.outputs)
         self.row_specs = model_outputs + post_specs(self.posts, model_outputs)
         kept, count = settings.names
@@ -260,7 +262,8 @@ class FanOut:
             runs = await asyncio.gather(*(self.stages.run({self.input: f}) for f in feeds))
             with stage("postprocess"):
                 runs = [
-                    {**run, **post_arrays(self.posts, run, RequestContext(), wanted, parameters)}
+                    {**run, **post_arrays(self.posts, run, RequestContext(),
+                                          {*wanted, *self.reads}, parameters)}
                     for run in runs
                 ]
             order = np.argsort(np.concatenate([np.array(b, int) for b in batches]), kind="stable")

@@ -62,7 +62,8 @@ def pages():
 
 def _pipeline(repository, name, **changes):
     """A copy of the shipped `ocr` pipeline; `changes` replace keys of its steps' regions
-    (`recognize={"max_regions": 2}`) or its steps' models (`models={"recognize": "../x"}`)."""
+    (`recognize={"max_regions": 2}`), its steps' models (`models={"recognize": "../x"}`) or
+    its outputs (`outputs={...}`)."""
     folder = repository / name
     shutil.copytree(MODEL_REPOSITORY / "ocr", folder)
     path = folder / "model-settings.json"
@@ -71,6 +72,8 @@ def _pipeline(repository, name, **changes):
     for step in settings["parameters"]["extra"]["steps"]:
         step["model"] = changes.get("models", {}).get(step["name"], step["model"])
         step.get("regions", {}).update(changes.get(step["name"], {}))
+    settings["parameters"]["extra"]["outputs"] = changes.get(
+        "outputs", settings["parameters"]["extra"]["outputs"])
     path.write_text(json.dumps(settings, indent=2))
 
 
@@ -94,6 +97,9 @@ def live(tmp_path_factory):
               recognize={"max_regions": 2, "truncate": True})
     _pipeline(repository, "ocr-strict", models=one,
               recognize={"keep": {"output": "text_scores", "threshold": STRICT}})
+    # only the joined text: the step's keep and join outputs are not the pipeline's
+    _pipeline(repository, "ocr-full-text", models=one,
+              outputs={"full_text": "recognize.outputs.full_text"})
     running = Server.start(repository, root)
     running.root = root
     yield running
@@ -206,6 +212,14 @@ def test_lines_under_the_text_score_are_dropped_as_rapidocr_does(live, pages):
     texts, quads, _ = R.read(R.rapidocr(), data, text_score=STRICT)
     assert 0 < len(texts) < len(pages["letter"][1])
     _check(_rest(live, "ocr-strict", [data]), ["strict"], {"strict": (data, texts, quads)})
+
+
+def test_a_pipeline_of_the_joined_text_alone_still_keeps_and_joins(live, pages):
+    """The recognizer step's `keep` (text_scores) and `join` (text) read outputs that no
+    pipeline output names: the step computes them all the same."""
+    outputs = _rest(live, "ocr-full-text", [pages["letter"][0]])
+    assert list(outputs) == ["full_text"]
+    assert outputs["full_text"]["data"] == ["\n".join(pages["letter"][1])]
 
 
 def test_the_detector_alone_and_its_per_request_threshold(live, pages):
