@@ -69,7 +69,8 @@ LIMITS = [
      "    real_path = check_external_data(model_path)", "    real_path = model_path.resolve()",
      "test_limits.py", "external"),
     ("symlink path to the runtime", "mlserver_npu/backends/onnxruntime.py",
-     "            str(real_path), sess_options", "            str(model_path), sess_options",
+     "    source: Union[str, bytes] = str(real_path)",
+     "    source: Union[str, bytes] = str(model_path)",
      "test_limits.py", "symlinked"),
 ]
 
