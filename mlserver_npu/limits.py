@@ -4,19 +4,14 @@ Content-Length, or counted as a chunked body streams in), and an inference reque
 model that holds its `max_queue_size` already is refused with a 429 before its body is read
 at all (admission.py). Both answers are small JSON `{"error": ...}` bodies, as MLServer's."""
 import json
-import re
 from typing import Any, Awaitable, Callable, Dict, Optional
 
 from .admission import ADMISSIONS, held_by_boundary, overloaded_message
-from .rest_tensors import reply
-from .settings import NPUEnvironment
+from .rest_tensors import INFER_PATH, max_request_bytes, reply, route_path
 
 Message = Dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?/infer$")
-
 
 class BodyTooLarge(Exception):
     pass
@@ -27,7 +22,7 @@ class Limits:
 
     def __init__(self, app: Callable[..., Awaitable[None]]):
         self.app = app
-        self.max_bytes = int(NPUEnvironment.from_env().max_request_bytes)
+        self.max_bytes = max_request_bytes()
 
     async def __call__(self, scope: Dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,7 +32,7 @@ class Limits:
         if length is not None and length > self.max_bytes:
             await _reply(send, 413, self._too_large(f"a body of {length} bytes"))
             return
-        match = INFER_PATH.match(scope["path"]) if scope["method"] == "POST" else None
+        match = INFER_PATH.fullmatch(route_path(scope)) if scope["method"] == "POST" else None
         admission = ADMISSIONS.get(match["name"]) if match else None
         if admission is None:
             await self._bounded(scope, receive, send)

@@ -208,7 +208,7 @@ class InferEndpoint:
 
     async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
         match = (
-            INFER_PATH.fullmatch(_route_path(scope))
+            INFER_PATH.fullmatch(route_path(scope))
             if scope["type"] == "http" and scope["method"] == "POST" else None
         )
         model = await served_model(match["name"], match["version"]) if match else None
@@ -252,7 +252,7 @@ class InferEndpoint:
         await reply(send, 200, head, extra, b"application/octet-stream", binary)
 
 
-def _route_path(scope: Dict[str, Any]) -> str:
+def route_path(scope: Dict[str, Any]) -> str:
     """The path the router matches: without MLServer's `root_path`, which uvicorn includes."""
     path, root = scope["path"], scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
