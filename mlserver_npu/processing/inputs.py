@@ -141,12 +141,18 @@ class InputDecoder:
         preprocessor = self._preprocessors.get(name)
         return preprocessor.size if isinstance(preprocessor, Preprocessor) else None
 
-    def _decode(
-        self, request_input: RequestInput, spec: TensorSpec, decoded: Decoded,
-        reserve: Optional[Reserve] = None,
-    ) -> np.ndarray:
+    def _decode(self, request_input: RequestInput, spec: TensorSpec, decoded: Decoded
+                ) -> np.ndarray:
         if not self._is_image(request_input, spec):
             return decode_input(request_input, spec)
+        # decoded pixels count against the model's budget until preprocessed (budget.py)
+        with self._budget.holding() if self._budget else nullcontext() as reserve:
+            return self._decode_images(request_input, spec, decoded, reserve)
+
+    def _decode_images(
+        self, request_input: RequestInput, spec: TensorSpec, decoded: Decoded,
+        reserve: Optional[Reserve],
+    ) -> np.ndarray:
         preprocessor = self._preprocessors[spec.name]
         if isinstance(preprocessor, ConfigurationError):
             raise InferenceError(
@@ -182,9 +188,7 @@ class InputDecoder:
 
         def decode(request_input: RequestInput, spec: TensorSpec) -> np.ndarray:
             decoded.tiles = None
-            # decoded pixels count against the model's budget until preprocessed (budget.py)
-            with self._budget.holding() if self._budget else nullcontext() as reserve:
-                feed = self._decode(request_input, spec, decoded, reserve)
+            feed = self._decode(request_input, spec, decoded)
             if decoded.tiles is not None:
                 tiles[spec.name] = decoded.tiles
             return feed
