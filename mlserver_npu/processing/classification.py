@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..backends import TensorSpec
 from ..errors import ConfigurationError, shorten
 from ..tensors import encode_output
-from .postprocess import BuildContext, Planned, Postprocess, RequestContext, per_image
+from .postprocess import (
+    BuildContext, Planned, Postprocess, RequestContext, chosen_output, per_image,
+)
 
 logger = logging.getLogger("mlserver.npu")
 
@@ -129,12 +131,7 @@ class Classifier:
         """Check the configuration against the model's outputs; `resolve` finds the labels."""
         names = [spec.name for spec in outputs]
         if config.output is not None:
-            if config.output not in names:
-                raise ConfigurationError(
-                    f"postprocess.output '{config.output}' is not a model output; the model's "
-                    f"outputs are: {', '.join(names)}"
-                )
-            source = outputs[names.index(config.output)]
+            source = chosen_output(config.output, outputs, "the class scores")
         else:
             floats = [spec for spec in outputs if np.dtype(spec.dtype).kind == "f"]
             candidates = outputs if len(outputs) == 1 else floats

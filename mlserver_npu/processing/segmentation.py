@@ -23,7 +23,9 @@ from .classification import read_labels
 from .detection import metadata_labels
 from .draw import at_size
 from .geometry import Geometry
-from .postprocess import BuildContext, Planned, Postprocess, RequestContext, check_output_names
+from .postprocess import (
+    BuildContext, Planned, Postprocess, RequestContext, check_output_names, chosen_output,
+)
 
 Colour = Tuple[int, int, int]
 
@@ -130,21 +132,7 @@ class Segmentation(Postprocess):
                 "images cut into tiles"
             )
         check_output_names(settings.output_names, outputs)
-        names = [spec.name for spec in outputs]
-        if settings.output is not None:
-            if settings.output not in names:
-                raise ConfigurationError(
-                    f"postprocess.output '{settings.output}' is not a model output; the "
-                    f"model's outputs are: {', '.join(names)}"
-                )
-            spec = outputs[names.index(settings.output)]
-        elif len(outputs) == 1:
-            spec = outputs[0]
-        else:
-            raise ConfigurationError(
-                f"cannot tell which output holds the masks among {', '.join(names)}: set "
-                "postprocess.output"
-            )
+        spec = chosen_output(settings.output, outputs, "the masks")
         try:
             kind = masks.mask_kind(spec.shape, np.dtype(spec.dtype), settings.layout)
         except ConfigurationError as error:
