@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..backends import TensorSpec
 from ..errors import ConfigurationError, shorten
 from ..tensors import encode_output
+from .decoders.base import softmax as _softmax
 from .postprocess import (
     BuildContext, Planned, Postprocess, RequestContext, chosen_output, per_image,
 )
@@ -53,11 +54,6 @@ def read_labels(path: Path, key: str = "parameters.extra.postprocess.labels") ->
     while lines and not lines[-1]:
         lines.pop()
     return lines
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def classify(

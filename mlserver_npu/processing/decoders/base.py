@@ -111,6 +111,12 @@ def sigmoid(values: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-values))
 
 
+def softmax(values: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1."""
+    shifted = np.exp(values - values.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def logit(probability: float) -> float:
     """The raw score above which sigmoid(score) > probability: thresholds on logits first, so
     only candidates pay for the exponential."""

@@ -27,6 +27,7 @@ from .base import (
     shape_error,
     shape_text,
     sigmoid,
+    softmax,
 )
 
 # box channels of the usual heads: PicoDet/GFL reg_max 7, Ultralytics' 16 bins (reg_max 15)
@@ -276,8 +277,7 @@ class DFLDecoder(Decoder):
     def _distances(self, bins: np.ndarray) -> np.ndarray:
         """[4, bins, n] logits -> [n, 4] expected distances in cells."""
         bins = as_float(bins)
-        weights = np.exp(bins - bins.max(axis=1, keepdims=True))
-        weights /= weights.sum(axis=1, keepdims=True)
+        weights = softmax(bins)
         return (weights * np.arange(self.bins, dtype=np.float32)[:, None]).sum(axis=1).T
 
 

@@ -20,11 +20,14 @@ from .base import (
     Size,
     as_float,
     empty_candidates,
+    input_scale,
     is_float,
     real,
     select,
     shape_error,
     shape_text,
+    sigmoid,
+    softmax,
 )
 
 
@@ -283,7 +286,7 @@ class SSDDecoder(Decoder):
                 w = w / settings.w_scale * anchor[:, 3]
             boxes = np.stack(
                 [x_center - w / 2, y_center - h / 2, x_center + w / 2, y_center + h / 2], axis=1
-            ) * np.array([width, height, width, height], np.float32)
+            ) * input_scale((height, width))
             points = None
             if keypoints:
                 start = settings.keypoint_coord_offset
@@ -307,9 +310,8 @@ class SSDDecoder(Decoder):
             limit = settings.score_clipping_thresh
             scores = np.clip(scores, -limit, limit)
         if settings.softmax_score:
-            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-            return shifted / shifted.sum(axis=1, keepdims=True)
+            return softmax(scores)
         if settings.sigmoid_score:
             with np.errstate(over="ignore"):
-                return 1.0 / (1.0 + np.exp(-scores))
+                return sigmoid(scores)
         return scores
