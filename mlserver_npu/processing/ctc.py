@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..backends import TensorSpec
 from ..errors import ConfigurationError
-from ..metrics import stage
 from ..tensors import encode_output
 from .postprocess import BuildContext, Planned, Postprocess, RequestContext, chosen_output
 
@@ -169,8 +168,7 @@ class CTC(Postprocess):
         self, items: Sequence[Planned], results: Mapping[str, np.ndarray],
         request: RequestContext, options: Any,
     ) -> Dict[str, ResponseOutput]:
-        with stage("postprocess"):
-            arrays = self.arrays(results, request, options)
+        arrays = self.arrays(results, request, options)
         return {
             item.name: encode_output(item.name, arrays[item.name], request.as_arrays)
             for item in items

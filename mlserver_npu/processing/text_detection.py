@@ -20,11 +20,11 @@ from shapely.geometry import Polygon
 from ..backends import TensorSpec
 from ..codecs.image import CONTENT_TYPE as IMAGE
 from ..errors import ConfigurationError, shorten
-from ..metrics import stage
 from ..tensors import content_type_of, encode_output
 from .postprocess import (
     BuildContext, Planned, Postprocess, RequestContext, chosen_output, request_parameter,
 )
+from .detection import best
 from .regions import draw_output
 
 _DILATION = np.ones((2, 2), np.uint8)
@@ -270,9 +270,9 @@ class TextDetection(Postprocess):
             else:
                 size = probability.shape[::-1]
             found, score = finish_quads(found, score, size)
-            if len(found) > settings.max_texts:
-                best = np.sort(np.argsort(-score, kind="stable")[: settings.max_texts])
-                found, score = found[best], score[best]
+            kept = best(score, settings.max_texts)
+            if kept is not None:
+                found, score = found[kept], score[kept]
             order = reading_order(found, settings.line_tolerance)
             quads.append(found[order])
             scores.append(score[order])
@@ -292,8 +292,7 @@ class TextDetection(Postprocess):
         self, items: Sequence[Planned], results: Mapping[str, np.ndarray],
         request: RequestContext, options: Any,
     ) -> Dict[str, ResponseOutput]:
-        with stage("postprocess"):
-            arrays = self.arrays(results, request, options)
+        arrays = self.arrays(results, request, options)
         encoded = {}
         for item in items:
             if item.image:
