@@ -83,13 +83,11 @@ class FanOut:
 
     def __init__(
         self,
-        step: str,
         settings: RegionsSettings,
         stages: ModelStages,
         boxes: TensorSpec,
     ):
         """Check the settings against the step's model; a ConfigurationError names the key."""
-        self.step = step
         self.settings = settings
         self.stages = stages
         inputs = stages.pool.inputs

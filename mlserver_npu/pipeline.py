@@ -198,7 +198,7 @@ class Pipeline(ServedModel):
                     f"'{ref.name}'; its outputs are: " + ", ".join(found)
                 )
             try:
-                fan = FanOut(step.name, step.regions, stages, found[ref.name])
+                fan = FanOut(step.regions, stages, found[ref.name])
             except ConfigurationError as error:
                 raise ConfigurationError(f"step '{step.name}': {error}") from None
             self._fanouts[step.name] = fan

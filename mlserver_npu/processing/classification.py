@@ -46,10 +46,12 @@ class ClassificationSettings(BaseModel):
     )
 
 
-def read_labels(path: Path, key: str = "parameters.extra.postprocess.labels") -> List[str]:
-    """The labels of the file `key` names, one a line."""
+def read_labels(path: Path) -> List[str]:
+    """The labels of the file `parameters.extra.postprocess.labels` names, one a line."""
     if not path.is_file():
-        raise ConfigurationError(f"labels file '{path}' ('{key}') does not exist")
+        raise ConfigurationError(
+            f"labels file '{path}' ('parameters.extra.postprocess.labels') does not exist"
+        )
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     while lines and not lines[-1]:
         lines.pop()

@@ -64,7 +64,6 @@ class CTCDecoder:
     """The class index -> character table of a CTC model, and the greedy decoding."""
 
     def __init__(self, characters: List[str], blank: int):
-        self.characters = characters
         self.blank = blank
         self._table = np.array([c.encode("utf-8") for c in characters], dtype=object)
 
