@@ -323,6 +323,9 @@ class Pipeline(ServedModel):
     def describe_postprocess(self) -> List[Dict[str, Any]]:
         return [post.describe() for post in self._encoder.postprocesses]
 
+    def configured_queue_size(self) -> Optional[int]:
+        return self._graph.config.max_queue_size
+
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()
         parameters = metadata.parameters or Parameters()

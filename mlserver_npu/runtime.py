@@ -3,6 +3,7 @@ the model folder's stages (stages.py: settings -> source -> backend sessions -> 
 processing) serve each request: inputs (codecs, preprocessing) -> pool -> outputs
 (postprocessing, codecs) -> response."""
 import logging
+from typing import Optional
 
 from mlserver.types import (
     InferenceRequest,
@@ -35,6 +36,9 @@ class NPURuntime(ServedModel):
                 ", ".join(self._stages.pool.devices),
             )
         return True
+
+    def configured_queue_size(self) -> Optional[int]:
+        return self._stages.config.max_queue_size
 
     @property
     def stages(self) -> ModelStages:

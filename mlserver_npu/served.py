@@ -4,7 +4,7 @@ request and load metrics (metrics.py), and streams answered request by request."
 import logging
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Any, AsyncIterator, ContextManager, Iterator
+from typing import Any, AsyncIterator, ContextManager, Iterator, Optional
 
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
@@ -46,18 +46,20 @@ class ServedModel(MLModel):
             )
             logger.debug("Traceback of the failed load of '%s'", self.name, exc_info=True)
             raise
-        self._zero_copy = wire.register(self.settings, NPUEnvironment.from_env().zero_copy)
+        environment = NPUEnvironment.from_env()
+        self._zero_copy = wire.register(self.settings, environment.zero_copy)
         self._metrics = ModelMetrics(self.name, self.version)  # no series for a failed load
         self._metrics.load(time.perf_counter() - started)
+        limit = self.configured_queue_size()
         self._admission = admission.register(
-            self.name, self._max_queue_size(), lambda: self._metrics.request("rejected")
+            self.name, environment.max_queue_size if limit is None else limit,
+            lambda: self._metrics.request("rejected"),
         )
 
-    def _max_queue_size(self) -> int:
-        """`parameters.extra.max_queue_size` (validated by the load), else the environment's."""
-        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
-        value = extra.get("max_queue_size")
-        return int(value) if value is not None else NPUEnvironment.from_env().max_queue_size
+    def configured_queue_size(self) -> Optional[int]:
+        """The loaded model's `parameters.extra.max_queue_size`, as its settings parsed it
+        (None: the environment's)."""
+        return None
 
     def admitted(self) -> ContextManager[None]:
         """Around `predict`: past the model's `max_queue_size`, a 429 at once (admission.py)."""
