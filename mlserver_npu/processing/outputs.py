@@ -49,6 +49,8 @@ class OutputEncoder:
         self.tiled = tiled
         self._images = {m.name for m in declared or () if content_type_of(m.parameters) == IMAGE}
         self._made_by = {name: post for post in self.postprocesses for name in post.names}
+        # the names postprocesses add to the model's own outputs
+        self._added = [name for name in self._made_by if name not in {s.name for s in self.specs}]
         self._default: Optional[List[Planned]] = None  # the plan of a request that names none
 
     def _classification_of(self, source: str) -> Optional[Classification]:
@@ -111,10 +113,7 @@ class OutputEncoder:
                 self._default = self._default_plan()
             items = self._default
         else:
-            names = requested_outputs(
-                request_outputs, self.specs,
-                also=[name for name in self._made_by if name not in {s.name for s in self.specs}],
-            )
+            names = requested_outputs(request_outputs, self.specs, also=self._added)
             by_name: Dict[str, RequestOutput] = {o.name: o for o in request_outputs}
             items = [self._plan_one(name, by_name[name]) for name in names]
         plan = Plan(items)

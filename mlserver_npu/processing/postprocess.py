@@ -102,8 +102,9 @@ class Postprocess:
         outputs gets)."""
         raise NotImplementedError
 
-    @property
+    @functools.cached_property
     def names(self) -> List[str]:
+        """The names of `metadata()`, fixed once built (read per request by pipelines)."""
         return [tensor.name for tensor in self.metadata()]
 
     @property
