@@ -381,6 +381,13 @@ BAD_REQUESTS = [
      ["output 'probabilities'", "non-negative integer"]),
     ("unknown-output", "digits-image", _images_input([GOOD]), [{"name": "scores"}],
      ["unknown output 'scores'", "'probabilities'"]),
+    # classification strings drawn as an image: of a postprocess's output, of a model's own
+    ("classified-image-of-a-postprocess", "digits-image", _images_input([GOOD]),
+     [{"name": "probabilities", "parameters": {"classification": 3, "content_type": "image"}}],
+     ["output 'probabilities': cannot be both classification strings and images"]),
+    ("classified-image-of-a-model-output", "digits", _images_input([GOOD], content_type="image"),
+     [{"name": "probabilities", "parameters": {"classification": 3, "content_type": "image"}}],
+     ["output 'probabilities': cannot be both classification strings and images"]),
 ]
 
 
