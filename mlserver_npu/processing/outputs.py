@@ -126,23 +126,18 @@ class OutputEncoder:
         content_type = content_type_of(request_output.parameters)
         image = content_type == IMAGE or (content_type is None and name in self._images)
         post = self._made_by.get(name)
-        if post is not None:
-            item = post.plan(name, request_output)
-            if item.post is not None:
-                if item.top_k and image:
-                    raise InferenceError(
-                        f"output {shorten(name)}: cannot be both classification strings and "
-                        "images"
-                    )
-                return item
-            name, source, count = item.name, item.source, None  # raw, e.g. classification 0
-        else:
-            source, count = name, class_count(request_output)
-        if image and count:
+        item = post.plan(name, request_output) if post is not None else None
+        if item is None or item.post is None:
+            if item is not None:  # raw, e.g. classification 0
+                name, source, count = item.name, item.source, None
+            else:
+                source, count = name, class_count(request_output)
+            item = Planned(name, source, count or None, image)
+        if item.top_k and image:
             raise InferenceError(
                 f"output {shorten(name)}: cannot be both classification strings and images"
             )
-        return Planned(name, source, count or None, image)
+        return item
 
     def encode(
         self,
