@@ -78,6 +78,20 @@ def shape_error(spec: TensorSpec, expected: str, why: str = "") -> Configuration
     )
 
 
+def named_output(outputs: Sequence[TensorSpec], name: str, key: str) -> TensorSpec:
+    """The output called `name`, which the decoder's setting `key` names."""
+    for spec in outputs:
+        if spec.name == name:
+            return spec
+    known = ", ".join(f"'{spec.name}'" for spec in outputs)
+    raise ConfigurationError(f"decoder {key} '{name}' is not an output of the model ({known})")
+
+
+def outputs_text(outputs: Sequence[TensorSpec]) -> str:
+    """The outputs as errors list them: 'name' [shape], ..."""
+    return ", ".join(f"'{spec.name}' {shape_text(spec.shape)}" for spec in outputs)
+
+
 def pick_output(
     outputs: Sequence[TensorSpec],
     name: Optional[str],
@@ -87,15 +101,11 @@ def pick_output(
 ) -> TensorSpec:
     """The output called `name`, else the only one that `fits` the layout."""
     if name is not None:
-        for spec in outputs:
-            if spec.name == name:
-                return spec
-        known = ", ".join(f"'{spec.name}'" for spec in outputs)
-        raise ConfigurationError(f"decoder {key} '{name}' is not an output of the model ({known})")
+        return named_output(outputs, name, key)
     fitting = [spec for spec in outputs if fits(spec)]
     if len(fitting) == 1:
         return fitting[0]
-    found = ", ".join(f"'{spec.name}' {shape_text(spec.shape)}" for spec in outputs)
+    found = outputs_text(outputs)
     if not fitting:
         raise ConfigurationError(f"no model output has the shape {expected}; outputs: {found}")
     raise ConfigurationError(

@@ -20,10 +20,11 @@ from .base import (
     is_float,
     logit,
     looks_normalized,
+    named_output,
+    outputs_text,
     real,
     select,
     shape_error,
-    shape_text,
     sigmoid,
     to_corners,
 )
@@ -44,14 +45,6 @@ class BoxesSettings(BaseModel):
     multi_label: bool = False
 
 
-def _named(outputs: Sequence[TensorSpec], name: str, key: str) -> TensorSpec:
-    for spec in outputs:
-        if spec.name == name:
-            return spec
-    known = ", ".join(f"'{spec.name}'" for spec in outputs)
-    raise ConfigurationError(f"decoder {key} '{name}' is not an output of the model ({known})")
-
-
 def _dims(spec: TensorSpec) -> int:
     return len(spec.shape)
 
@@ -64,12 +57,12 @@ class BoxesDecoder(Decoder):
         self, settings: BoxesSettings, outputs: Sequence[TensorSpec], input_size: Optional[Size]
     ):
         super().__init__(settings, outputs, input_size)
-        found = ", ".join(f"'{s.name}' {shape_text(s.shape)}" for s in outputs)
+        found = outputs_text(outputs)
 
         def box_shaped(s: TensorSpec) -> bool:
             return s.shape[-1] == 4 and (_dims(s) == 3 or _dims(s) == 4 and s.shape[2] == 1)
 
-        boxes = _named(outputs, settings.boxes, "boxes") if settings.boxes else None
+        boxes = named_output(outputs, settings.boxes, "boxes") if settings.boxes else None
         if boxes is None:
             fitting = [s for s in outputs if box_shaped(s)]
             if len(fitting) != 1:
@@ -80,8 +73,8 @@ class BoxesDecoder(Decoder):
             boxes = fitting[0]
         if not box_shaped(boxes):
             raise shape_error(boxes, "[batch, boxes, 4]")
-        scores = _named(outputs, settings.scores, "scores") if settings.scores else None
-        classes = _named(outputs, settings.classes, "classes") if settings.classes else None
+        scores = named_output(outputs, settings.scores, "scores") if settings.scores else None
+        classes = named_output(outputs, settings.classes, "classes") if settings.classes else None
         rest = [s for s in outputs if s is not boxes and s is not classes]
         if scores is None:
             fitting = [s for s in rest if is_float(s) and _dims(s) in (2, 3)]

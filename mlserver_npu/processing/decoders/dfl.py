@@ -22,6 +22,8 @@ from .base import (
     empty_candidates,
     is_float,
     logit,
+    named_output,
+    outputs_text,
     real,
     select,
     shape_error,
@@ -88,11 +90,7 @@ class DFLDecoder(Decoder):
         by_name = {spec.name: spec for spec in outputs}
         for key in ("scores", "boxes"):
             for name in getattr(settings, key) or ():
-                if name not in by_name:
-                    raise ConfigurationError(
-                        f"decoder {key} '{name}' is not an output of the model "
-                        f"({', '.join(repr(n) for n in by_name)})"
-                    )
+                named_output(outputs, name, key)
         named = (settings.scores or []) + (settings.boxes or [])
         usable = [by_name[n] for n in named] or [
             s for s in outputs if is_float(s) and len(s.shape) in ((rank,) if rank else (3, 4))
@@ -100,7 +98,7 @@ class DFLDecoder(Decoder):
         if not usable:
             raise ConfigurationError(
                 "no model output is a [batch, cells, channels] or [batch, channels, height, "
-                f"width] tensor; outputs: {self._found(outputs)}"
+                f"width] tensor; outputs: {outputs_text(outputs)}"
             )
         if self.channel_axis is None:
             self.channel_axis = -1 if len(usable[0].shape) == 3 else 1
@@ -112,8 +110,8 @@ class DFLDecoder(Decoder):
         scores, boxes = self._split(usable, by_name)
         if len(scores) != len(boxes):
             raise ConfigurationError(
-                f"{len(scores)} score outputs ({self._found(scores)}) but {len(boxes)} box "
-                f"outputs ({self._found(boxes)}): one of each per stride"
+                f"{len(scores)} score outputs ({outputs_text(scores)}) but {len(boxes)} box "
+                f"outputs ({outputs_text(boxes)}): one of each per stride"
             )
         bins = boxes[0].shape[self.channel_axis]
         if bins % 4 or settings.reg_max is not None and bins != 4 * (settings.reg_max + 1):
@@ -159,10 +157,6 @@ class DFLDecoder(Decoder):
         )
         return f"{layout} with {what}" if what else layout
 
-    @staticmethod
-    def _found(specs: Sequence[TensorSpec]) -> str:
-        return ", ".join(f"'{spec.name}' {shape_text(spec.shape)}" for spec in specs)
-
     def _cells(self, spec: TensorSpec) -> Optional[int]:
         channel_axis = self.channel_axis % len(spec.shape)
         dims = [d for axis, d in enumerate(spec.shape) if axis not in (0, channel_axis)]
@@ -178,7 +172,7 @@ class DFLDecoder(Decoder):
         if len(counts) != 2:
             raise ConfigurationError(
                 "cannot tell score outputs from box outputs by their channels "
-                f"({self._found(usable)}); name them in the decoder's 'scores' and 'boxes'"
+                f"({outputs_text(usable)}); name them in the decoder's 'scores' and 'boxes'"
             )
         box_channels = None
         if self.settings.reg_max is not None:
@@ -195,7 +189,7 @@ class DFLDecoder(Decoder):
         if box_channels not in counts:
             raise ConfigurationError(
                 "cannot tell score outputs from box outputs by their channels "
-                f"({self._found(usable)}); set the decoder's 'reg_max' or name the outputs"
+                f"({outputs_text(usable)}); set the decoder's 'reg_max' or name the outputs"
             )
         scores = [s for s in usable if s.shape[self.channel_axis] != box_channels]
         boxes = [s for s in usable if s.shape[self.channel_axis] == box_channels]

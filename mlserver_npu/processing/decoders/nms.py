@@ -24,10 +24,11 @@ from .base import (
     input_scale,
     is_float,
     looks_normalized,
+    named_output,
+    outputs_text,
     pick_output,
     real,
     shape_error,
-    shape_text,
     to_corners,
 )
 
@@ -174,19 +175,13 @@ class NMSTensorsDecoder(Decoder):
         input_size: Optional[Size],
     ):
         super().__init__(settings, outputs, input_size)
-        by_name = {s.name: s for s in outputs}
         chosen: Dict[str, TensorSpec] = {}
         for key in ("num_detections", "boxes", "scores", "classes"):
             name = getattr(settings, key)
             if name is not None:
-                if name not in by_name:
-                    raise ConfigurationError(
-                        f"decoder {key} '{name}' is not an output of the model "
-                        f"({', '.join(repr(n) for n in by_name)})"
-                    )
-                chosen[key] = by_name[name]
+                chosen[key] = named_output(outputs, name, key)
         rest = [s for s in outputs if s not in chosen.values()]
-        found = ", ".join(f"'{s.name}' {shape_text(s.shape)}" for s in outputs)
+        found = outputs_text(outputs)
         if "boxes" not in chosen:
             boxes = [s for s in rest if len(s.shape) == 3 and s.shape[2] == 4]
             if len(boxes) != 1:

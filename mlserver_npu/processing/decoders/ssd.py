@@ -22,6 +22,8 @@ from .base import (
     empty_candidates,
     input_scale,
     is_float,
+    named_output,
+    outputs_text,
     real,
     select,
     shape_error,
@@ -201,11 +203,8 @@ class SSDDecoder(Decoder):
         by_name = {spec.name: spec for spec in outputs}
         for key in ("boxes", "scores"):
             name = getattr(self.settings, key)
-            if name is not None and name not in by_name:
-                raise ConfigurationError(
-                    f"decoder {key} '{name}' is not an output of the model "
-                    f"({', '.join(repr(n) for n in by_name)})"
-                )
+            if name is not None:
+                named_output(outputs, name, key)
         expected = f"[batch, anchors, {self.coords}] boxes and [batch, anchors, classes] scores"
         usable = [s for s in outputs if is_float(s) and _rows_of(s)]
         boxes = by_name.get(self.settings.boxes) if self.settings.boxes else None
@@ -235,7 +234,7 @@ class SSDDecoder(Decoder):
 
     @staticmethod
     def _not_found(outputs: Sequence[TensorSpec], expected: str, key: str) -> ConfigurationError:
-        found = ", ".join(f"'{s.name}' {shape_text(s.shape)}" for s in outputs)
+        found = outputs_text(outputs)
         return ConfigurationError(
             f"cannot find the {key} output among {found}: expected {expected}; name it in the "
             f"decoder's '{key}'"
