@@ -23,6 +23,7 @@ import math
 import re
 import struct
 import sys
+import threading
 import zlib
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -279,7 +280,7 @@ def parse_json(body: bytes, batching: bool) -> InferenceRequest:
     if batching:
         raise Fallback()
     try:
-        document = simdjson.Parser().parse(body)
+        document = parse_document(body)
     except (ValueError, TypeError, RuntimeError):  # RuntimeError: depth, big integers
         raise Fallback() from None
     if not isinstance(document, simdjson.Object):
@@ -291,6 +292,35 @@ def parse_json(body: bytes, batching: bool) -> InferenceRequest:
         raise Fallback() from None
     fill(request, header, datas, body)
     return request
+
+
+# A parser is kept per thread for documents up to KEEP_PARSER_BYTES. A simdjson parser
+# allocates its buffers (tape, structural indexes) in proportion to the document, and glibc
+# gives freed buffers of megabytes back to the kernel: with a new parser per request, each
+# squeezenet request (2.9 MB of JSON) faulted them in again, and the parse took 6.8-10 ms
+# instead of 3.6, its arrays' copies 3.5 ms instead of 0.9 (bench/README.md, "Issue 19,
+# third pass"). A kept parser holds the pages of the largest document it took.
+KEEP_PARSER_BYTES = 16 * 2**20
+_kept = threading.local()
+
+
+def parse_document(body: bytes) -> Any:
+    """`body` parsed by simdjson (ValueError, TypeError or RuntimeError when it does not
+    parse). Every proxy of the document must be gone before the thread parses again."""
+    keep = len(body) <= KEEP_PARSER_BYTES
+    parser = getattr(_kept, "parser", None) if keep else None
+    if parser is not None:
+        try:
+            return parser.parse(body)
+        except RuntimeError:
+            # A refused document (too deep, a big integer), or a proxy of the previous one
+            # still alive (an exception's traceback holding it): a new parser tells which.
+            pass
+    parser = simdjson.Parser()
+    document = parser.parse(body)
+    if keep:
+        _kept.parser = parser
+    return document
 
 
 def fill(request: InferenceRequest, header: Dict[str, Any], datas: List[Any], text: bytes
@@ -432,7 +462,7 @@ def parse_binary(body: bytes, length: str, batching: bool) -> InferenceRequest:
         raise ClientError(400, f"Inference-Header-Content-Length is {size}, past the end of "
                                f"the {len(body)}-byte body")
     try:
-        document = simdjson.Parser().parse(body[:size])
+        document = parse_document(body[:size])
     except (ValueError, TypeError, RuntimeError) as error:
         raise ClientError(400, f"the inference header (the first {size} bytes of the body) "
                                f"is not valid JSON: {str(error)[:200]}") from None

@@ -456,3 +456,40 @@ def test_json_numbers_become_arrays_without_python_floats():
     assert isinstance(data([1, 2.5], [2], "INT32"), list)
     assert isinstance(data([1e39, 0], [2], "FP32"), list)
     assert isinstance(data([256, 0], [2], "UINT8"), list)
+
+
+def test_a_kept_parser_never_mixes_requests():
+    """rest_tensors keeps one simdjson parser per thread (a new one per request faulted its
+    buffers in again: bench/README.md): requests in turn each get their own numbers, a proxy
+    of an earlier document still alive makes the next parse use a new parser, and a refused
+    document leaves the kept parser usable."""
+    import simdjson
+
+    from mlserver_npu import rest_tensors
+
+    def body(values, datatype="FP64"):
+        return json.dumps({"inputs": [{"name": "x", "shape": [len(values)],
+                                       "datatype": datatype, "data": values}]}).encode()
+
+    first = rest_tensors.parse_json(body([1.5, 2.5]), batching=False)
+    second = rest_tensors.parse_json(body([7.5, 8.5, 9.5]), batching=False)
+    assert first.inputs[0].data.root.tolist() == [1.5, 2.5]
+    assert second.inputs[0].data.root.tolist() == [7.5, 8.5, 9.5]
+    kept = rest_tensors._kept.parser
+
+    alive = rest_tensors.parse_document(body([3.5]))["inputs"]  # a proxy held on to
+    third = rest_tensors.parse_json(body([4.5, 5.5]), batching=False)
+    assert third.inputs[0].data.root.tolist() == [4.5, 5.5]
+    assert isinstance(alive, simdjson.Array) and alive[0]["data"][0] == 3.5
+    assert rest_tensors._kept.parser is not kept
+    del alive
+
+    with pytest.raises(RuntimeError, match="DEPTH"):
+        rest_tensors.parse_document(b"[" * 5000 + b"]" * 5000)
+    assert rest_tensors.parse_json(body([6.5]), batching=False).inputs[0].data.root.tolist() \
+        == [6.5]
+
+    large = b" " * rest_tensors.KEEP_PARSER_BYTES + body([1.0])
+    kept = rest_tensors._kept.parser
+    assert rest_tensors.parse_document(large)["inputs"][0]["data"][0] == 1.0
+    assert rest_tensors._kept.parser is kept  # not replaced by the large document's parser
