@@ -3,11 +3,11 @@ import contextlib
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .servers import FastAPIServer, MLServer, repo_env, start_mlserver
+from .servers import MLSERVERS, FastAPIServer, MLServer, repo_env, start_mlserver
 from .workloads import REPO, Target, Workload
 
 
@@ -25,8 +25,7 @@ class Settings:
 
 @dataclass
 class Servers:
-    mlserver: Optional[MLServer] = None
-    mlserver_plain: Optional[MLServer] = None  # the REST boundary off
+    mlservers: Dict[str, MLServer] = field(default_factory=dict)  # by servers.MLSERVERS name
     fastapi: Optional[FastAPIServer] = None
 
     def job(self, workload: Workload, target: Target, settings: Settings) -> Dict[str, Any]:
@@ -34,8 +33,8 @@ class Servers:
         job = {"workload": workload.name, "target": target.name, "threads": settings.threads,
                "concurrency": list(settings.concurrency), "duration": settings.duration,
                "warmup": settings.warmup}
-        if target.server in ("mlserver", "mlserver-plain"):
-            server = self.mlserver if target.server == "mlserver" else self.mlserver_plain
+        if target.server in MLSERVERS:
+            server = self.mlservers[target.server]
             job["address"] = server.grpc_target if target.protocol == "grpc" else server.url
             job["cpu_pid"] = server.process.pid
         elif target.server == "fastapi":
@@ -51,25 +50,21 @@ def servers(pairs: List[Tuple[Workload, Target]], settings: Settings,
     running = Servers()
     try:
         batching = (settings.max_batch_size, settings.max_batch_time)
-        if "mlserver" in needs:
-            running.mlserver = start_mlserver(
-                root / "mlserver", [(w, t) for w, t in pairs if t.server == "mlserver"],
-                settings.threads, batching,
-            )
-        if "mlserver-plain" in needs:
-            running.mlserver_plain = start_mlserver(
-                root / "mlserver-plain", [(w, t) for w, t in pairs if t.server != "mlserver"],
-                settings.threads, batching, MLSERVER_NPU_REST_BOUNDARY="0",
-            )
+        for name, env in MLSERVERS.items():
+            if name in needs:
+                running.mlservers[name] = start_mlserver(
+                    root / name, [(w, t) for w, t in pairs if t.server == name],
+                    settings.threads, batching, **env,
+                )
         if "fastapi" in needs:
             running.fastapi = FastAPIServer(
                 root / "fastapi", {w for w, t in pairs if t.server == "fastapi"}, settings.threads
             )
-        for server in filter(None, [running.mlserver, running.mlserver_plain, running.fastapi]):
+        for server in filter(None, [*running.mlservers.values(), running.fastapi]):
             server.wait_ready()
         yield running
     finally:
-        for server in filter(None, [running.fastapi, running.mlserver_plain, running.mlserver]):
+        for server in filter(None, [running.fastapi, *reversed(running.mlservers.values())]):
             server.stop()
 
 

@@ -16,7 +16,15 @@ import httpx
 
 from .workloads import REPO, Target, Workload
 
-MLSERVERS = ("mlserver", "mlserver-plain")  # the second with the REST boundary off
+# The environment of each MLServer the targets run on: mlserver-npu as it is; with its REST
+# boundary off (MLServer's own REST route); and MLServer's REST route as it was before issue
+# 19, also on uvicorn's h11 (httptools, now a dependency, hidden by an import that fails).
+MLSERVERS: Dict[str, Dict[str, str]] = {
+    "mlserver": {},
+    "mlserver-plain": {"MLSERVER_NPU_REST_BOUNDARY": "0"},
+    "mlserver-before": {"MLSERVER_NPU_REST_BOUNDARY": "0",
+                        "PYTHONPATH": str(Path(__file__).resolve().with_name("before_issue_19"))},
+}
 
 # The simulated NPU (a `furiosa.runtime` of its own) goes first on MLServer's path.
 SIMULATED_NPU = Path(__file__).resolve().with_name("simulated_npu")
@@ -102,7 +110,8 @@ def start_mlserver(root: Path, pairs: List[Tuple[Workload, Target]], threads: in
                    batching: Tuple[int, float], **env: str) -> "MLServer":
     repository = write_repository(root / "model-repository", pairs, threads, batching)
     if any(workload.device is not None for workload, _ in pairs):
-        env["PYTHONPATH"] = str(SIMULATED_NPU)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SIMULATED_NPU),
+                                                           env.get("PYTHONPATH")]))
     return MLServer(repository, root, env=env or None)
 
 

@@ -1,6 +1,7 @@
 """python -m bench.tiny_gap: where a tiny gRPC request's cost goes, by elimination. One server
-serves the digits model three ways: `digits` (NPURuntime), `echo-npu` (the same runtime and
-model, its predict echoing: bench/echo.py EchoNPURuntime) and `echo` (MLServer's floor,
+serves the digits model four ways: `digits` (NPURuntime), `run-only` (the same runtime and
+model, its predict only running the model with onnxruntime: bench/echo.py RunOnlyNPURuntime),
+`echo-npu` (the same, its predict echoing: EchoNPURuntime) and `echo` (MLServer's floor,
 EchoRuntime). One client (bench/load.py's, in this process) keeps --concurrency zero-copy
 gRPC requests in flight on each in turn, rounds alternating the order, and reads the server's
 CPU per request and the throughput after 1 s of warm-up; medians over --rounds.
@@ -8,8 +9,9 @@ CPU per request and the throughput after 1 s of warm-up; medians over --rounds.
     python -m bench.tiny_gap --rounds 5 --seconds 5
 
 echo-npu against echo: what being the plugin's model costs outside predict (the zero-copy
-converters, the REST boundary's registration, the metrics of the model); digits against
-echo-npu: what predict costs (decode, checks, pool, the run, encode, per-stage metrics).
+converters, the REST boundary's registration, the metrics of the model); run-only against
+echo-npu: what running the model costs; digits against run-only: what the rest of predict
+costs (decode, checks, pool, encode, per-stage metrics).
 """
 import argparse
 import asyncio
@@ -24,8 +26,8 @@ from .load import GrpcClient, measure as measure_point
 from .servers import MLServer, repo_env
 from .workloads import REPO, WORKLOADS
 
-MODELS = {"digits": "mlserver_npu.NPURuntime", "echo-npu": "bench.echo.EchoNPURuntime",
-          "echo": "bench.echo.EchoRuntime"}
+MODELS = {"digits": "mlserver_npu.NPURuntime", "run-only": "bench.echo.RunOnlyNPURuntime",
+          "echo-npu": "bench.echo.EchoNPURuntime", "echo": "bench.echo.EchoRuntime"}
 
 
 def write_repository(root: Path) -> Path:

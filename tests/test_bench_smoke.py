@@ -10,9 +10,10 @@ from server import REPO
 
 NPU_TARGETS = ["npu-rest", "npu-rest-binary", "npu-grpc", "npu-batch-rest", "npu-batch-grpc",
                "npu-batcher-rest", "npu-batcher-grpc"]
-# npu-rest-mlserver: a second server with the REST boundary off (no simulated NPU there)
-TARGETS = ["raw", *NPU_TARGETS[:2], "npu-rest-mlserver", *NPU_TARGETS[2:], "echo-rest",
-           "echo-grpc", "fastapi"]
+# npu-rest-mlserver, npu-rest-before: two more servers, the REST boundary off (the second also
+# on h11, as before issue 19); no simulated NPU there
+TARGETS = ["raw", *NPU_TARGETS[:2], "npu-rest-mlserver", "npu-rest-before", *NPU_TARGETS[2:],
+           "echo-rest", "echo-grpc", "fastapi"]
 # The simulated NPU exists only behind mlserver-npu.
 PLAN = [("digits", t) for t in TARGETS] + [("npu-sim", t) for t in NPU_TARGETS]
 
@@ -80,9 +81,9 @@ def test_rounds_reads_each_goal_from_alternating_rounds():
         assert " vs " in cpu and met.strip().startswith(("yes", "no")), rows
 
 
-def test_tiny_gap_measures_the_three_models():
-    """`python -m bench.tiny_gap`: digits as NPURuntime, as an NPURuntime that echoes, and
-    MLServer's echo, each answering in every round."""
+def test_tiny_gap_measures_the_four_models():
+    """`python -m bench.tiny_gap`: digits as NPURuntime, as an NPURuntime that only runs the
+    model, as one that echoes, and MLServer's echo, each answering in every round."""
     completed = subprocess.run(
         [sys.executable, "-m", "bench.tiny_gap", "--rounds", "1", "--seconds", "0.3",
          "--concurrency", "2"],
@@ -91,7 +92,24 @@ def test_tiny_gap_measures_the_three_models():
     assert completed.returncode == 0, completed.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in completed.stdout
             .splitlines() if line.startswith("| ") and not line.startswith("| model")}
-    assert list(rows) == ["digits", "echo-npu", "echo"], completed.stdout
+    assert list(rows) == ["digits", "run-only", "echo-npu", "echo"], completed.stdout
     for cpu, rps, ratio in rows.values():
         assert float(cpu) > 0 and float(rps) > 0, completed.stdout
     assert rows["echo"][2].strip() == "1.00x"
+
+
+def test_the_before_issue_19_server_runs_on_h11():
+    """bench's `mlserver-before` server (the REST path before issue 19) hides httptools, so
+    uvicorn's `http="auto"` takes h11 there, and only there."""
+    from bench.servers import MLSERVERS
+    from server import server_env
+
+    probe = [sys.executable, "-c", "import uvicorn.protocols.http.auto as auto; "
+             "print(auto.AutoHTTPProtocol.__name__)"]
+    protocols = {
+        name: subprocess.run(probe, env=server_env(env), capture_output=True, text=True,
+                             timeout=60, check=True).stdout.strip()
+        for name, env in MLSERVERS.items()
+    }
+    assert protocols == {"mlserver": "HttpToolsProtocol", "mlserver-plain": "HttpToolsProtocol",
+                         "mlserver-before": "H11Protocol"}
