@@ -228,6 +228,8 @@ class InferEndpoint:
         if body is None:
             return
         batching = (model.settings.max_batch_size or 0) > 1
+        payload: Optional[InferenceRequest] = None
+        refused: Optional[str] = None
         try:
             length = _header(scope, HEADER_LENGTH.encode())
             if length is None:
@@ -235,9 +237,16 @@ class InferEndpoint:
             else:
                 payload = parse_binary(body, length, batching)
         except Fallback:
-            return await self.app(scope, replay(body, receive), send)
+            pass
         except ClientError as error:
-            raise InferenceError(str(error)) from None
+            refused = str(error)
+        # Answered outside the except blocks: the exception being handled holds the parser's
+        # frames, and with them proxies of the document, which would keep the thread's parser
+        # (parse_document) from being reused while MLServer's route or error handler runs.
+        if refused is not None:
+            raise InferenceError(refused)
+        if payload is None:
+            return await self.app(scope, replay(body, receive), send)
         data_plane = sys.modules["mlserver_npu.rest"].data_plane
         # As MLServer's Endpoints.infer, with the arrays kept.
         insert_headers(payload, {key.decode("latin-1").lower(): value.decode("latin-1")
@@ -299,9 +308,10 @@ def parse_json(body: bytes, batching: bool) -> InferenceRequest:
 # gives freed buffers of megabytes back to the kernel: with a new parser per request, each
 # squeezenet request (2.9 MB of JSON) faulted them in again, and the parse took 6.8-10 ms
 # instead of 3.6, its arrays' copies 3.5 ms instead of 0.9 (bench/README.md, "Issue 19,
-# third pass"). A kept parser holds the pages of the largest document it took: ~3x its size
-# (49 MiB after a 15.5 MiB one), once per thread that parses (the event loop's).
-KEEP_PARSER_BYTES = 16 * 2**20
+# third pass"). A kept parser holds the pages of the largest document it took, which grow
+# with its tokens: ~1x the text for floats as Python writes them, ~12x for `0,0,0,...`
+# (52 MiB after 4 MiB of zeros), once per thread that parses (the event loop's).
+KEEP_PARSER_BYTES = 4 * 2**20
 _kept = threading.local()
 
 
@@ -313,10 +323,12 @@ def parse_document(body: bytes) -> Any:
     if parser is not None:
         try:
             return parser.parse(body)
-        except RuntimeError:
-            # A refused document (too deep, a big integer), or a proxy of the previous one
-            # still alive (an exception's traceback holding it): a new parser tells which.
-            pass
+        except RuntimeError as error:
+            # pysimdjson refuses to reuse a parser while a proxy of its last document is alive
+            # (a request still holding one): that document keeps this parser, the new one is
+            # kept. Other RuntimeErrors refuse the document (too deep, a big integer).
+            if not str(error).startswith("Tried to re-use a parser"):
+                raise
     parser = simdjson.Parser()
     document = parser.parse(body)
     if keep:

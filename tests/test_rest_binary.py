@@ -476,6 +476,8 @@ def test_a_kept_parser_never_mixes_requests():
     assert first.inputs[0].data.root.tolist() == [1.5, 2.5]
     assert second.inputs[0].data.root.tolist() == [7.5, 8.5, 9.5]
     kept = rest_tensors._kept.parser
+    rest_tensors.parse_json(body([0.5]), batching=False)
+    assert rest_tensors._kept.parser is kept  # reused, not replaced
 
     alive = rest_tensors.parse_document(body([3.5]))["inputs"]  # a proxy held on to
     third = rest_tensors.parse_json(body([4.5, 5.5]), batching=False)
@@ -484,12 +486,56 @@ def test_a_kept_parser_never_mixes_requests():
     assert rest_tensors._kept.parser is not kept
     del alive
 
+    kept = rest_tensors._kept.parser
     with pytest.raises(RuntimeError, match="DEPTH"):
         rest_tensors.parse_document(b"[" * 5000 + b"]" * 5000)
     assert rest_tensors.parse_json(body([6.5]), batching=False).inputs[0].data.root.tolist() \
         == [6.5]
+    assert rest_tensors._kept.parser is kept
 
     large = b" " * rest_tensors.KEEP_PARSER_BYTES + body([1.0])
     kept = rest_tensors._kept.parser
     assert rest_tensors.parse_document(large)["inputs"][0]["data"][0] == 1.0
     assert rest_tensors._kept.parser is kept  # not replaced by the large document's parser
+
+
+def test_a_body_left_to_mlserver_or_refused_holds_no_proxy_of_its_document(monkeypatch):
+    """While MLServer's route answers a JSON body the plugin leaves to it (here, inputs that
+    do not validate), the thread's kept parser is free to parse; a binary body refused for
+    its header raises an error that holds no frame of the parse."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from mlserver.errors import InferenceError
+
+    from mlserver_npu import rest_tensors
+
+    model = SimpleNamespace(rest_tensors=True, settings=SimpleNamespace(max_batch_size=0))
+
+    async def served_model(name, version):
+        return model
+
+    monkeypatch.setattr(rest_tensors, "served_model", served_model)
+    reused = []
+
+    async def mlserver_route(scope, receive, send):
+        kept = rest_tensors._kept.parser
+        rest_tensors.parse_document(b'{"a": 1}')
+        reused.append(rest_tensors._kept.parser is kept)
+
+    def post(body, headers=()):
+        scope = {"type": "http", "method": "POST", "path": "/v2/models/m/infer",
+                 "headers": list(headers)}
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        asyncio.run(rest_tensors.InferEndpoint(mlserver_route)(scope, receive, None))
+
+    rest_tensors.parse_document(b"{}")  # a parser kept on this thread
+    post(json.dumps({"inputs": [{"name": "x", "shape": "3", "datatype": "FP32",
+                                 "data": [1, 2, 3]}]}).encode())
+    assert reused == [True]
+    with pytest.raises(InferenceError, match="each of 'inputs' must be an object") as refused:
+        post(b'{"inputs": [5]}', [(b"inference-header-content-length", b"15")])
+    assert refused.value.__context__ is None and refused.value.__cause__ is None
